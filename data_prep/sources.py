@@ -1,0 +1,185 @@
+"""Where documents come from: local .txt/.jsonl/.parquet files or folders, a hub data set (online only),
+or the built-in corpus of docstrings harvested with `ast` from the installed Python standard library and
+this project's dependencies (real English prose that exists on every machine that can run us)."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import sysconfig
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Iterator
+
+from pretrain_bench.errors import UserError
+
+BUILTIN = "builtin:docstrings"
+HUB_PREFIX = "hub:"
+SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+# Packages whose docstrings join the standard library's: the project's own dependencies.
+BUILTIN_PACKAGES = ("torch", "transformers", "numpy", "scipy", "datasets", "deepspeed", "matplotlib",
+                    "pydantic", "tokenizers", "yaml", "tqdm", "jieba", "safetensors", "huggingface_hub")
+_SKIP_DIRS = {"test", "tests", "testing", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
+MIN_DOCSTRING_WORDS = 20
+
+
+def files_of(path: Path) -> list[Path]:
+    """The corpus files under `path` (a file or a folder), sorted for a deterministic order."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+
+
+def fingerprint(spec: str) -> str:
+    """Identity of the source content: names, sizes and modification times (or the installed packages)."""
+    if spec == BUILTIN:
+        return hashlib.sha256(json.dumps(_builtin_roots()).encode()).hexdigest()
+    if spec.startswith(HUB_PREFIX):
+        return spec
+    path = Path(spec).expanduser()
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files_of(path)]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+
+def check(spec: str, field: str = "data.path") -> None:
+    """Fail before any work if the source cannot be read."""
+    if spec == BUILTIN or spec.startswith(HUB_PREFIX):
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"{field}: '{spec}' does not exist; give a text file or folder, '{BUILTIN}', "
+                        f"or '{HUB_PREFIX}<dataset name>'")
+    if not files_of(path):
+        raise UserError(f"{field}: '{spec}' holds no {'/'.join(SUFFIXES)} files; point it at the corpus")
+
+
+def read_documents(spec: str, text_field: str, txt_documents: str, encoding_errors: str,
+                   hub_split: str, cache_dir: Path) -> Iterator[str]:
+    """Every document of the source, in a deterministic order; empty documents are dropped."""
+    if spec == BUILTIN:
+        for record in builtin_docstrings(cache_dir):
+            yield record["text"]
+        return
+    if spec.startswith(HUB_PREFIX):
+        yield from _hub_documents(spec[len(HUB_PREFIX):], hub_split, text_field)
+        return
+    for path in files_of(Path(spec).expanduser()):
+        for text in _file_documents(path, text_field, txt_documents, encoding_errors):
+            if text.strip():
+                yield text
+
+
+def _decode(path: Path, data: bytes, errors: str) -> str:
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 at byte {e.start}; convert the file, or set "
+                        "data.encoding_errors=replace to substitute U+FFFD") from None
+
+
+def _file_documents(path: Path, text_field: str, txt_documents: str, errors: str) -> Iterator[str]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        if text_field not in table.column_names:
+            raise UserError(f"{path}: no column '{text_field}' (has {table.column_names}); set data.text_field")
+        yield from (t for t in table.column(text_field).to_pylist() if t)
+        return
+    text = _decode(path, path.read_bytes(), errors)
+    if path.suffix in (".jsonl", ".json"):
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{number}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+            if not isinstance(record, dict) or text_field not in record:
+                raise UserError(f"{path}:{number}: no field '{text_field}'; set data.text_field to the text key")
+            yield str(record[text_field])
+    elif txt_documents == "file":
+        yield text
+    elif txt_documents == "line":
+        yield from text.splitlines()
+    else:  # blank_line: paragraphs separated by empty lines
+        yield from (block for block in text.replace("\r\n", "\n").split("\n\n"))
+
+
+def _hub_documents(name: str, split: str, text_field: str) -> Iterator[str]:
+    import datasets
+
+    dataset_name, _, config_name = name.partition(":")
+    try:
+        dataset = datasets.load_dataset(dataset_name, config_name or None, split=split)
+    except Exception as e:  # offline, unknown name, no such split: all end the same way for the user
+        raise UserError(f"data.path '{HUB_PREFIX}{name}': could not load it from the hub ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}); without network, download it elsewhere and give "
+                        "data.path as a local .parquet/.jsonl file or folder") from None
+    if text_field not in dataset.column_names:
+        raise UserError(f"data.path '{HUB_PREFIX}{name}' has no column '{text_field}' "
+                        f"(has {dataset.column_names}); set data.text_field")
+    yield from (t for t in dataset[text_field] if t)
+
+
+# --- the built-in corpus -------------------------------------------------------------------------
+
+def _builtin_roots() -> list[tuple[str, str]]:
+    """(label, folder) for the standard library and each installed dependency, in a fixed order."""
+    roots = [("stdlib", sysconfig.get_paths()["stdlib"])]
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    for package in BUILTIN_PACKAGES:
+        folder = purelib / package
+        if folder.is_dir():
+            roots.append((package, str(folder)))
+    return roots
+
+
+def _module_label(label: str, root: Path, file: Path) -> str:
+    """The package a docstring comes from: the top-level stdlib module, or the dependency's name."""
+    if label != "stdlib":
+        return label
+    return file.relative_to(root).parts[0].removesuffix(".py")
+
+
+def _docstrings(job: tuple[str, str, str]) -> list[dict]:
+    label, root, file = job
+    try:
+        tree = ast.parse(Path(file).read_text(encoding="utf-8", errors="replace"))
+    except (SyntaxError, ValueError):
+        return []
+    package = _module_label(label, Path(root), Path(file))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc and len(doc.split()) >= MIN_DOCSTRING_WORDS:
+                out.append({"text": doc, "package": package, "source": label})
+    return out
+
+
+def builtin_docstrings(cache_dir: Path) -> list[dict]:
+    """Docstrings of at least 20 words, de-duplicated, with the package each comes from.
+    Harvested once per set of installed packages and cached as JSONL."""
+    cache = cache_dir / f"builtin-docstrings-{fingerprint(BUILTIN)[:16]}.jsonl"
+    if cache.exists():
+        return [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
+    jobs = []
+    for label, root in _builtin_roots():
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+            jobs += [(label, root, os.path.join(folder, f)) for f in sorted(files) if f.endswith(".py")]
+    seen, records = set(), []
+    with Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
+        for found in pool.imap(_docstrings, jobs, chunksize=32):
+            for record in found:
+                if record["text"] not in seen:
+                    seen.add(record["text"])
+                    records.append(record)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, cache)
+    return records

@@ -1,0 +1,73 @@
+"""Train (or load) the WordPiece tokenizer and save it as a transformers fast tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+from pydantic import Field
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerBase
+
+from pretrain_bench.errors import UserError
+from pretrain_bench.section import Section
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+class TokenizerConfig(Section):
+    """A WordPiece tokenizer trained on the training split, or an existing one."""
+
+    path: str | None = Field(None, description="an existing transformers tokenizer folder; skips training")
+    vocab_size: int = Field(8192, ge=len(SPECIAL_TOKENS) + 100, description="WordPiece vocabulary size")
+    lowercase: bool = Field(True, description="lower-case and strip accents, as uncased BERT")
+    split_cjk_chars: bool = Field(True, description="every CJK character is its own token, as Chinese BERT")
+    min_frequency: int = Field(2, ge=1, description="drop pieces seen fewer times")
+    max_training_documents: int | None = Field(
+        200_000, ge=1, description="documents the tokenizer is trained on (the first ones); null for all")
+
+
+def train(documents: Iterable[str], cfg: TokenizerConfig, max_length: int) -> PreTrainedTokenizerBase:
+    """A BERT-style WordPiece tokenizer: BertNormalizer, BertPreTokenizer, [CLS] A [SEP] (B [SEP])."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=cfg.split_cjk_chars,
+                                                strip_accents=cfg.lowercase, lowercase=cfg.lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                        special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##")
+    tok.train_from_iterator(documents, trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return BertTokenizer(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                         cls_token="[CLS]", mask_token="[MASK]", model_max_length=max_length,
+                         # BertTokenizer rebuilds its normalizer from these on load: keep them in step.
+                         do_lower_case=cfg.lowercase, strip_accents=cfg.lowercase,
+                         tokenize_chinese_chars=cfg.split_cjk_chars)
+
+
+def load(path: str | Path) -> PreTrainedTokenizerBase:
+    """A saved fast tokenizer with the specials BERT-style objectives need."""
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"data.tokenizer.path '{path}': not a transformers tokenizer folder ({e}); "
+                        "give a folder with tokenizer.json, or remove the key to train one") from None
+    missing = [name for name in ("pad_token", "cls_token", "sep_token", "mask_token", "unk_token")
+               if getattr(tok, name) is None]
+    if missing:
+        raise UserError(f"data.tokenizer.path '{path}': the tokenizer lacks {', '.join(missing)}; "
+                        "use a BERT-style tokenizer or train one")
+    return tok
+
+
+def fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 of the tokenizer's vocabulary and processing pipeline: what shards and artifacts depend on."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()

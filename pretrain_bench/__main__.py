@@ -1,0 +1,5 @@
+import sys
+
+from pretrain_bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Encoders (transformers classes built from config) and the loss heads objectives share."""

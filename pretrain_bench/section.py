@@ -1,0 +1,62 @@
+"""Config building blocks: the frozen, strict `Section` every component's Config derives from, and
+the translation of pydantic's errors into one line that names the source, the field and the fix."""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict
+
+from pretrain_bench.errors import UserError, closest
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are validated on assignment and frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The Section class inside `X | None`, `Annotated[X, ...]`, or None."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _unwrap(arg)
+            if found is not None:
+                return found
+        return None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _siblings(root: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid key names at the level of `loc[-1]`, for did-you-mean suggestions."""
+    cls: Any = root
+    for part in loc[:-1]:
+        if cls is None or part not in cls.model_fields:
+            return []
+        cls = _unwrap(cls.model_fields[part].annotation)
+    return list(cls.model_fields) if cls is not None else []
+
+
+def validation_error(err: pydantic.ValidationError, root: type[BaseModel], source: str,
+                     overrides: dict[str, str]) -> UserError:
+    """One UserError listing every problem: where it came from, which field, what to do."""
+    problems = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        dotted = ".".join(loc)
+        origin = f"command-line override '{dotted}={overrides[dotted]}'" if dotted in overrides else source
+        if e["type"] == "extra_forbidden":
+            hint = closest(loc[-1], _siblings(root, loc))
+            problems.append(f"{origin}: unknown key '{dotted}'{hint}; remove or rename it")
+        elif e["type"] == "missing":
+            problems.append(f"{origin}: '{dotted}' is required; add it")
+        else:
+            value = e.get("input")
+            problems.append(f"{origin}: '{dotted}' = {value!r} is invalid: {e['msg']}")
+    return UserError("; ".join(problems))

@@ -1,0 +1,1 @@
+"""Training: the DeepSpeed engine, the loop, the budget and its schedules, checkpoints, logging."""

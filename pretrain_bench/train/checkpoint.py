@@ -1,0 +1,126 @@
+"""Checkpoints that cannot be half-written.
+
+A save goes to `checkpoints/.tmp-<tag>/` on every rank; rank 0 then writes `checkpoint.json` (every
+file with its size and sha256), renames the folder to `<tag>` and only then moves the `latest`
+pointer (write-then-rename). A load verifies the checksums first and falls back to the previous
+complete checkpoint if the newest is unreadable. A failed save (full disk) removes its temporary
+folder and leaves every earlier checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from data_prep.pack import sha256_file
+from pretrain_bench.errors import RunStopped
+
+MANIFEST = "checkpoint.json"
+TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class CheckpointManager:
+    def __init__(self, folder: Path, engine, keep: int, is_main: bool, barrier: Callable[[], None],
+                 log: Callable[[str], None]):
+        self.folder, self.engine, self.keep, self.is_main = folder, engine, keep, is_main
+        self.barrier, self.log = barrier, log
+
+    def complete_tags(self) -> list[str]:
+        """Finished checkpoints, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p.name for p in self.folder.iterdir()
+                      if p.is_dir() and not p.name.startswith(TMP_PREFIX) and (p / MANIFEST).exists())
+
+    def save(self, tag: str, client_state: dict, protected: set[str] = frozenset()) -> Path:
+        """Save on all ranks; returns the final folder. Older checkpoints beyond `keep` are removed,
+        except those in `protected`."""
+        final, tmp = self.folder / tag, self.folder / f"{TMP_PREFIX}{tag}"
+        try:
+            if self.is_main:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.barrier()
+            self.engine.save_checkpoint(str(self.folder), tag=tmp.name, client_state=client_state,
+                                        save_latest=False)
+            self.barrier()
+            if self.is_main:
+                files = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                         for p in sorted(tmp.rglob("*")) if p.is_file()}
+                atomic_write_text(tmp / MANIFEST, json.dumps({"tag": tag, "files": files}, indent=1))
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+                _fsync_dir(self.folder)
+                atomic_write_text(self.folder / "latest", tag)
+                self._rotate(protected | {tag})
+        except (OSError, RuntimeError) as e:
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            previous = [t for t in self.complete_tags() if t != tag]
+            kept = f"the previous checkpoint {self.folder / previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+            raise RunStopped(f"saving checkpoint {tag} failed ({e.__class__.__name__}: {e}); {kept}; "
+                             "free disk space and resume with --resume") from None
+        self.barrier()
+        return final
+
+    def _rotate(self, protected: set[str]) -> None:
+        tags = self.complete_tags()
+        for tag in tags[: max(0, len(tags) - self.keep)]:
+            if tag not in protected:
+                shutil.rmtree(self.folder / tag)
+
+    def verify(self, tag: str) -> str | None:
+        """None if every file matches its manifest entry, else what is wrong."""
+        folder = self.folder / tag
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError) as e:
+            return f"unreadable {MANIFEST} ({e})"
+        for name, entry in manifest["files"].items():
+            path = folder / name
+            if not path.is_file() or path.stat().st_size != entry["size"]:
+                return f"{name} is missing or truncated"
+            if sha256_file(path) != entry["sha256"]:
+                return f"{name} does not match its checksum"
+        return None
+
+    def load_latest(self) -> tuple[str, dict] | None:
+        """Load the newest loadable checkpoint into the engine: (tag, client state), or None if none exist."""
+        tags = self.complete_tags()
+        pointer = self.folder / "latest"
+        if pointer.exists() and pointer.read_text().strip() in tags:  # the pointer names the newest normally
+            tags.remove(latest := pointer.read_text().strip())
+            tags.append(latest)
+        for tag in reversed(tags):
+            problem = self.verify(tag)
+            if problem is None:
+                try:
+                    path, client_state = self.engine.load_checkpoint(str(self.folder), tag=tag)
+                    if path is not None:
+                        return tag, client_state
+                    problem = "DeepSpeed could not load it"
+                except Exception as e:  # a corrupt file surfaces as any error from torch.load
+                    problem = f"{e.__class__.__name__}: {e}"
+            self.log(f"checkpoint {self.folder / tag} is unusable ({problem}); trying the previous one")
+        return None

@@ -1,0 +1,70 @@
+"""Config -> `deepspeed.initialize`, for one process on a laptop CPU as for many ranks under the launcher."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+SINGLE_PROCESS_ENV = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size). Outside the `deepspeed` launcher, give this process the rendezvous variables
+    of a one-rank job (otherwise DeepSpeed looks for MPI) and a free port."""
+    if "WORLD_SIZE" not in os.environ:
+        for key, value in SINGLE_PROCESS_ENV.items():
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    deepspeed.init_distributed(dist_backend=None, verbose=False)
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, normalisation weights and embeddings' LayerNorm (BERT/ELECTRA practice)."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def deepspeed_config(*, micro_batch: int, grad_accum: int, world: int, zero_stage: int, precision: str,
+                     grad_clip: float, extra: dict) -> dict:
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch * grad_accum * world,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if precision == "bf16":
+        config["bf16"] = {"enabled": True}
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    config.update(extra)
+    return config
+
+
+def build_engine(module: nn.Module, optimizer: torch.optim.Optimizer, config: dict):
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+    return engine

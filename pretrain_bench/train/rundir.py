@@ -1,0 +1,63 @@
+"""The run folder: who owns it, and what may change when a run is resumed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from pretrain_bench.errors import UserError
+from pretrain_bench.train.checkpoint import atomic_write_text
+
+# Keys that may differ on --resume: they change how a run is watched or where it stops, not what it learns.
+RESUMABLE_KEYS = {"train.max_steps", "train.log_every", "train.num_workers", "train.threads",
+                  "train.keep_checkpoints", "train.checkpoint_every", "train.checkpoint_every_minutes",
+                  "data.num_proc", "data.cache_dir"}
+RUN_CONTENT = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "tensorboard", "snapshots")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differences(old: dict, new: dict) -> dict[str, tuple]:
+    a, b = _flatten(old), _flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def claim(run_dir: Path, config: dict, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Check that `run_dir` may hold this run, then write its config.yaml (rank 0).
+
+    A folder holding another run is refused unless --resume (same config, operational keys aside)
+    or --overwrite (delete it and start over) is given.
+    """
+    existing = run_dir / "config.yaml"
+    if existing.exists():
+        old = yaml.safe_load(existing.read_text()) or {}
+        changed = differences(old, config)
+        if resume:
+            blocking = {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}
+            if blocking:
+                detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(blocking.items())[:5])
+                raise UserError(f"{existing}: the run was made with a different config ({detail}); resume with "
+                                "the same config, or choose a new run_dir")
+        elif not overwrite:
+            raise UserError(f"run_dir {run_dir} already holds a run ({existing}); pass --resume to continue it, "
+                            "--overwrite to delete it and start over, or choose a new run_dir")
+    elif any((run_dir / name).exists() for name in RUN_CONTENT) and not overwrite:
+        raise UserError(f"run_dir {run_dir} holds run files but no config.yaml; pass --overwrite to replace "
+                        "them or choose a new run_dir")
+    if is_main:
+        if overwrite and not resume:
+            for name in RUN_CONTENT:
+                target = run_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(existing, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
