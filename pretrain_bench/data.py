@@ -110,6 +110,8 @@ def _worker_init(_: int) -> None:
 
 def loader(batches: MicroBatches, start: int, num_workers: int, pin_memory: bool) -> DataLoader:
     """Micro-batches start, start+1, ... for ever."""
+    # Its own generator: creating the iterator must not draw from the global RNG that dropout uses,
+    # or a resumed run would see other dropout masks than an uninterrupted one.
     return DataLoader(batches, batch_size=None, sampler=itertools.count(start), num_workers=num_workers,
                       worker_init_fn=_worker_init if num_workers else None, pin_memory=pin_memory,
-                      prefetch_factor=4 if num_workers else None, persistent_workers=False)
+                      prefetch_factor=4 if num_workers else None, generator=torch.Generator())

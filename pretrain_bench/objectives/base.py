@@ -90,7 +90,9 @@ class Objective:
         raise NotImplementedError
 
     def build(self, model: "ModelConfig") -> nn.Module:
-        """The trainable module; `forward(**inputs)` returns {'loss': Tensor, **scalar metrics}."""
+        """The trainable module; `forward(**inputs)` returns {'loss': Tensor, **scalar metrics}. Keys that
+        start with '_' are side outputs for wrapping objectives (e.g. MPA reads '_mlm_predictions'),
+        never logged."""
         raise NotImplementedError
 
     def export(self, module: nn.Module, folder: Path) -> list[Path]:

@@ -15,8 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 def matmul_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int = 2048,
                       seconds: float = 1.0) -> float:
     """Sustained FLOP/s of a square matmul in `dtype`: the denominator of MFU on this machine."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    a = torch.ones(size, size, device=device, dtype=dtype)  # no RNG draws: the training stream stays put
+    b = torch.ones(size, size, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(3):
         a @ b

@@ -21,8 +21,10 @@ class MetricWindow:
         self.values: dict[str, list[torch.Tensor]] = {}
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Scalar entries of a module's output; keys starting with '_' are side outputs, not metrics."""
         for key, value in metrics.items():
-            self.values.setdefault(key, []).append(value.detach().float().reshape(()))
+            if not key.startswith("_"):
+                self.values.setdefault(key, []).append(value.detach().float().reshape(()))
 
     def reduce(self, all_reduce=None) -> dict[str, float]:
         """Mean of each metric over the window (NaN entries skipped), averaged over ranks."""
