@@ -81,9 +81,11 @@ def validate(raw: dict, source: str, overrides: dict[str, str] | None = None,
              root: type[RunConfig] = RunConfig) -> RunConfig:
     """Validate a raw config tree whose objective section is checked against the named objective's Config."""
     raw = dict(raw)
-    objective_raw = raw.get("objective", {"name": "mlm"})
-    if not isinstance(objective_raw, dict) or "name" not in objective_raw:
-        raise UserError(f"{source}: 'objective' needs a 'name' (one of {', '.join(objectives.available())})")
+    objective_raw = raw.setdefault("objective", {})
+    if not isinstance(objective_raw, dict):
+        raise UserError(f"{source}: 'objective' must be a mapping with a 'name' "
+                        f"(one of {', '.join(objectives.available())})")
+    objective_raw.setdefault("name", "mlm")
     objective_cls = objectives.get(str(objective_raw["name"]))
     model = pydantic.create_model(root.__name__, __base__=root, objective=(objective_cls.Config, ...))
     try:

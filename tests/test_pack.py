@@ -1,0 +1,98 @@
+"""Packing invariants and the prepared-data cache."""
+
+import json
+
+import numpy as np
+import pytest
+
+from data_prep.pack import ConcatPacker, SpecialIds, Tokenized
+from data_prep.prepare import DataConfig, prepare
+from pretrain_bench.errors import UserError
+
+SPECIAL = SpecialIds(cls=2, sep=3, pad=0)
+
+
+def random_docs(rng, count):
+    lengths = rng.integers(1, 300, count)
+    ids = rng.integers(5, 1000, lengths.sum()).astype(np.int32)
+    starts = rng.random(lengths.sum()) < 0.7
+    return Tokenized(ids, starts, lengths)
+
+
+def test_concat_packing_loses_and_duplicates_nothing():
+    rng = np.random.default_rng(0)
+    batches = [random_docs(rng, 50) for _ in range(5)]
+    packer = ConcatPacker(64, SPECIAL)
+    rows = [chunk for batch in batches for chunk in packer.add(batch)]
+    ids = np.concatenate([c["input_ids"] for c in rows])
+    starts = np.concatenate([c["word_start"] for c in rows])
+    assert ids.shape[1] == 64 and (ids[:, 0] == SPECIAL.cls).all() and (ids[:, -1] == SPECIAL.sep).all()
+    assert not (ids == SPECIAL.pad).any()
+    stream = ids[:, 1:-1].reshape(-1)
+    expected = np.concatenate([np.append(d, SPECIAL.sep) for b in batches
+                               for d in np.split(b.ids, np.cumsum(b.lengths)[:-1])])
+    assert len(expected) - len(stream) < 62  # only the last partial row is dropped
+    assert np.array_equal(stream, expected[: len(stream)])  # order kept, nothing lost or duplicated
+    # documents are joined by [SEP]; word flags follow the tokens, and every row starts a word
+    expected_starts = np.concatenate([np.append(s, True) for b in batches
+                                      for s in np.split(b.word_start, np.cumsum(b.lengths)[:-1])])
+    body_starts = starts[:, 1:-1].copy()
+    body_starts[:, 0] = expected_starts[: len(stream)].reshape(-1, 62)[:, 0]
+    assert np.array_equal(body_starts.reshape(-1), expected_starts[: len(stream)])
+    assert starts[:, 1].all()
+
+
+def test_prepare_is_cached_split_is_by_document_and_checksummed(corpus_file, tmp_path, capsys):
+    cfg = DataConfig(path=str(corpus_file), cache_dir=str(tmp_path), seq_len=64, num_proc=1,
+                     tokenizer={"vocab_size": 300}, validation_fraction=0.1)
+    first = prepare(cfg)
+    manifest = first.manifest
+    total_docs = sum(1 for _ in open(corpus_file))
+    assert manifest["splits"]["train"]["documents"] + manifest["splits"]["validation"]["documents"] == total_docs
+    assert 0.05 < manifest["splits"]["validation"]["documents"] / total_docs < 0.15
+    again = prepare(cfg)
+    assert "cache hit, nothing to do" in capsys.readouterr().out
+    assert again.root == first.root
+    parallel = prepare(cfg.model_copy(update={"num_proc": 2}))  # speed settings do not change the data
+    assert parallel.root == first.root
+    first.verify()
+    shard = first.root / first.shards("train")[0]["files"]["input_ids"]["file"]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="checksum does not match"):
+        first.verify()
+
+
+def test_word_starts_follow_wordpiece(corpus_file, tmp_path):
+    cfg = DataConfig(path=str(corpus_file), cache_dir=str(tmp_path), seq_len=64, num_proc=1,
+                     tokenizer={"vocab_size": 150, "min_frequency": 1})
+    prepared = prepare(cfg)
+    files = prepared.shards("train")[0]["files"]
+    ids = np.load(prepared.root / files["input_ids"]["file"])
+    starts = np.load(prepared.root / files["word_start"]["file"])
+    tokens = np.array(prepared.tokenizer.convert_ids_to_tokens(list(range(len(prepared.tokenizer)))))
+    body_tokens, body_starts = tokens[ids[:, 2:-1]], starts[:, 2:-1]
+    assert np.array_equal(body_starts, ~np.char.startswith(body_tokens, "##"))
+    assert np.char.startswith(body_tokens, "##").any()  # the small vocabulary splits words
+
+
+def test_special_token_text_is_not_a_special_token(tmp_path):
+    path = tmp_path / "docs.txt"
+    path.write_text("\n\n".join(f"the [PAD] and [MASK] tokens appear in text number {i}" for i in range(400)))
+    cfg = DataConfig(path=str(path), cache_dir=str(tmp_path / "c"), seq_len=32, num_proc=1,
+                     tokenizer={"vocab_size": 200, "min_frequency": 1}, validation_fraction=0.3)
+    prepared = prepare(cfg)
+    ids = np.load(prepared.root / prepared.shards("train")[0]["files"]["input_ids"]["file"])
+    tok = prepared.tokenizer
+    assert not np.isin(ids, [tok.pad_token_id, tok.mask_token_id]).any()
+
+
+def test_manifest_records_hashes(corpus_file, tmp_path):
+    prepared = prepare(DataConfig(path=str(corpus_file), cache_dir=str(tmp_path), seq_len=64, num_proc=1,
+                                  tokenizer={"vocab_size": 300}))
+    manifest = json.loads((prepared.root / "manifest.json").read_text())
+    assert manifest["tokenizer_hash"] and manifest["config_hash"] and manifest["segmenter"] == "wordpiece"
+    for shard in manifest["splits"]["train"]["shards"]:
+        assert set(shard["files"]) == {"input_ids", "word_start"}
+        assert all(len(f["sha256"]) == 64 for f in shard["files"].values())

@@ -1,0 +1,107 @@
+"""End to end through DeepSpeed on the CPU with a tiny model on the generated corpus."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from pretrain_bench import objectives
+from pretrain_bench.models import backbone
+from pretrain_bench.objectives import Vocab
+from pretrain_bench.train.run import train
+from tests.conftest import REPO, clean_env, cli, read_metrics, tiny_config
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus_file, cache_dir):
+    overrides = [f"data.path={corpus_file}", f"data.cache_dir={cache_dir}", "data.tokenizer.vocab_size=400",
+                 "data.seq_len=64", "data.num_proc=1", "train.micro_batch_size=16", "train.num_workers=1",
+                 "train.eval_batches=4", "train.checkpoint_every_minutes=null", "train.max_steps=150",
+                 "train.eval_at=[0.02,1.0]", "train.lr=2e-3"]
+    run_dir = tmp_path_factory.mktemp("run") / "mlm"
+    cfg = tiny_config(overrides, run_dir)
+    return cfg, train(cfg)
+
+
+def test_held_out_loss_falls_and_metrics_are_complete(trained):
+    cfg, summary = trained
+    evals = read_metrics(cfg.run_dir, "eval")
+    assert [e["step"] for e in evals] == [3, 150]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 1.0
+    lines = read_metrics(cfg.run_dir)
+    assert lines[-1]["loss"] < lines[0]["loss"] - 1.0
+    for key in ("step", "tokens", "elapsed_s", "lr", "loss", "tokens_per_s", "mfu", "mlm_loss", "mlm_acc"):
+        assert all(line[key] is not None for line in lines), key
+    assert summary["steps"] == 150 and summary["tokens"] == 150 * 16 * 64
+    assert list((Path(cfg.run_dir) / "tensorboard").glob("events.*"))
+
+
+def test_export_loads_and_matches_training_logits(trained):
+    cfg, summary = trained
+    final = Path(cfg.run_dir) / "final"
+    model = AutoModelForMaskedLM.from_pretrained(final).eval()
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert json.loads((final / "pretrain_bench.json").read_text())["objective"] == "mlm"
+    batch = tokenizer(["The quiet cat slowly finds a garden.", "A river follows the city."], padding=True,
+                      return_tensors="pt")
+    # the training module, rebuilt from the final engine checkpoint's weights
+
+    objective = objectives.get("mlm")(cfg.objective, Vocab.from_tokenizer(tokenizer), {})
+    module = objective.build(cfg.model)
+    module.model.load_state_dict(model.state_dict())
+    module.eval()
+    with torch.no_grad():
+        hidden = backbone.encoder(module.model, cfg.model)(input_ids=batch["input_ids"],
+                                                          attention_mask=batch["attention_mask"]).last_hidden_state
+        ours = backbone.predict(module.model, cfg.model, hidden)
+        theirs = model(**batch).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    checkpoint = sorted((Path(cfg.run_dir) / "checkpoints").glob("step*"))[-1]
+    state = torch.load(checkpoint / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    exported = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for key, value in state.items():
+        assert torch.equal(value, exported[key]), key
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_overrides):
+    args = ["train", REPO / "configs" / "tiny-cpu.yaml", *tiny_overrides, "train.max_steps=60",
+            "train.checkpoint_every=20", "train.log_every=5", "train.eval_at=[0.5,1.0]"]
+    cli(*args, f"run_dir={tmp_path / 'whole'}")
+    killed = tmp_path / "killed"
+    env = clean_env()
+    process = subprocess.Popen([sys.executable, "-m", "pretrain_bench", *map(str, args), f"run_dir={killed}"],
+                               env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step00000040").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    cli(*args, f"run_dir={killed}", "--resume")
+    whole, resumed = read_metrics(tmp_path / "whole"), read_metrics(killed)
+    assert [r["step"] for r in whole] == [r["step"] for r in resumed] == list(range(5, 61, 5))
+    assert [r["loss"] for r in whole] == [r["loss"] for r in resumed]
+    assert read_metrics(tmp_path / "whole", "eval")[-1]["eval_loss"] == read_metrics(killed, "eval")[-1]["eval_loss"]
+
+
+def test_two_ranks_zero2_under_the_deepspeed_launcher(tmp_path, tiny_overrides):
+    run_dir = tmp_path / "two"
+    command = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", "29561",
+               "--module", "pretrain_bench", "train", str(REPO / "configs" / "tiny-cpu.yaml"), *tiny_overrides,
+               "train.max_steps=20", "train.zero_stage=2", f"run_dir={run_dir}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
+                            env=clean_env(DS_ACCELERATOR="cpu"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((run_dir / "final" / "pretrain_bench.json").read_text())
+    assert info["world_size"] == 2 and info["steps"] == 20
+    assert info["tokens"] == 20 * 2 * 16 * 64  # both ranks' rows count
+    AutoModelForMaskedLM.from_pretrained(run_dir / "final")
