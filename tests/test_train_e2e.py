@@ -15,6 +15,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from pretrain_bench import objectives
 from pretrain_bench.models import backbone
 from pretrain_bench.objectives import Vocab
+from pretrain_bench.train.engine import free_port
 from pretrain_bench.train.run import train
 from tests.conftest import REPO, clean_env, cli, read_metrics, tiny_config
 
@@ -95,7 +96,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_overrides):
 
 def test_two_ranks_zero2_under_the_deepspeed_launcher(tmp_path, tiny_overrides):
     run_dir = tmp_path / "two"
-    command = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", "29561",
+    command = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
                "--module", "pretrain_bench", "train", str(REPO / "configs" / "tiny-cpu.yaml"), *tiny_overrides,
                "train.max_steps=20", "train.zero_stage=2", f"run_dir={run_dir}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
