@@ -1,0 +1,279 @@
+"""Training throughput, side by side on one machine: the Hugging Face recipe a user would pick instead
+(`BertForMaskedLM` + `DataCollatorForLanguageModeling` + `Trainer`, as run_mlm does), a bare PyTorch
+loop over pre-collated batches (the ceiling for our framework overhead), and pretrain-bench's own loop,
+for every registered objective. Same model shape, same packed data, same micro-batch.
+
+    python benchmarks/throughput.py                       # all contenders, writes benchmarks/results/
+    python benchmarks/throughput.py --objectives mlm,electra --steps 30
+
+Each contender runs in its own process (peak memory is per process). Reported: tokens/s, step time,
+ratio to the baseline, MFU against a matmul peak measured here at the start, the share of step time
+spent waiting for data, and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "benchmarks" / "results"
+SHARED_CORPUS = REPO.parent / "shared" / "data" / "corpus" / "en"
+
+MODEL = {"size": "mini"}  # 4 layers, width 256, 4 heads, FFN 1024
+VOCAB = 16384
+SEQ_LEN = 128
+
+
+def data_config(args) -> dict:
+    corpus = args.corpus or (str(SHARED_CORPUS) if SHARED_CORPUS.exists() else "builtin:docstrings")
+    return {"path": corpus, "seq_len": SEQ_LEN, "tokenizer": {"vocab_size": VOCAB}, "cache_dir": args.cache_dir,
+            "max_documents": args.max_documents}
+
+
+def run_config(args, objective: str, run_dir: str) -> dict:
+    return {"run_dir": run_dir, "seed": 0, "data": data_config(args), "model": MODEL,
+            "objective": {"name": objective},
+            "train": {"max_steps": args.warmup + args.steps, "micro_batch_size": args.micro_batch,
+                      "log_every": 1, "eval_at": [], "checkpoint_every_minutes": None,
+                      "num_workers": args.num_workers, "precision": "bf16" if args.cuda else "fp32"}}
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- contenders (each runs in a child process and prints one JSON line) ----------------------------
+
+def hf_trainer(args) -> dict:
+    """What a user would run instead: the run_mlm recipe on the same packed rows."""
+    import datasets
+    import torch
+    from transformers import (BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    from data_prep.prepare import DataConfig, prepare
+    from pretrain_bench.data import Rows
+    from pretrain_bench.models.backbone import ModelConfig
+
+    prepared = prepare(DataConfig(**data_config(args)), log=lambda m: None)
+    tokenizer = prepared.tokenizer
+    total = args.warmup + args.steps
+    rows = Rows(prepared, "train").take(__import__("numpy").arange(total * args.micro_batch))["input_ids"]
+    dataset = datasets.Dataset.from_dict({"input_ids": rows.tolist()})
+    layers, hidden, heads, ffn = ModelConfig(**MODEL).dims()
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                                       num_attention_heads=heads, intermediate_size=ffn))
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    collate_seconds = [0.0]
+
+    def timed_collator(features):
+        start = time.perf_counter()
+        batch = collator(features)
+        collate_seconds[0] += time.perf_counter() - start
+        return batch
+
+    marks = {}
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, _args, state, control, **kw):
+            if state.global_step == args.warmup:
+                marks["start"], marks["collate_start"] = time.perf_counter(), collate_seconds[0]
+
+        def on_step_end(self, _args, state, control, **kw):
+            marks["end"] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as out:
+        training_args = TrainingArguments(
+            output_dir=out, max_steps=total, per_device_train_batch_size=args.micro_batch, learning_rate=5e-4,
+            weight_decay=0.01, warmup_steps=0, report_to=[], save_strategy="no", logging_strategy="no",
+            use_cpu=not args.cuda, bf16=args.cuda, dataloader_num_workers=0, seed=0, disable_tqdm=True)
+        Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=timed_collator,
+                callbacks=[Clock()]).train()
+    seconds = marks["end"] - marks["start"]
+    from pretrain_bench.train.throughput import training_flops
+
+    sample = collator([{"input_ids": r} for r in rows[: args.micro_batch].tolist()])
+    flops = training_flops(model, {k: v for k, v in sample.items()})
+    return {"tokens_per_s": args.steps * args.micro_batch * SEQ_LEN / seconds, "step_s": seconds / args.steps,
+            "flops_per_step": flops, "data_wait": (collate_seconds[0] - marks["collate_start"]) / seconds,
+            "peak_memory_mb": peak_memory_mb()}
+
+
+def bare_loop(args, objective_name: str) -> dict:
+    """Our module and corruption, pre-collated, in a plain PyTorch loop: no DeepSpeed, no loader."""
+    import numpy as np
+    import torch
+
+    from pretrain_bench import config, objectives
+    from pretrain_bench.data import Rows
+    from pretrain_bench.objectives import Vocab
+    from pretrain_bench.train.engine import parameter_groups
+    from pretrain_bench.train.throughput import training_flops
+    from data_prep.prepare import prepare
+
+    cfg = config.validate(run_config(args, objective_name, "unused"), "benchmark")
+    cls = objectives.get(objective_name)
+    prepared = prepare(cfg.data, cls.packing(cfg.objective), cls.artifacts_needed(cfg.objective), log=lambda m: None)
+    objective = cls(cfg.objective, Vocab.from_tokenizer(prepared.tokenizer), prepared.artifacts)
+    rows = Rows(prepared, "train")
+    generator = torch.Generator().manual_seed(0)
+    total = args.warmup + args.steps
+    batches = [objective.corrupt(rows.take(np.arange(i * args.micro_batch, (i + 1) * args.micro_batch)), generator)
+               for i in range(total)]
+    device = "cuda" if args.cuda else "cpu"
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    torch.manual_seed(0)
+    module = objective.build(cfg.model).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(module, 0.01), lr=5e-4, foreach=not args.cuda, fused=args.cuda)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.cuda)
+    for i, batch in enumerate(batches):
+        if i == args.warmup:
+            if args.cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with autocast:
+            loss = module(**batch)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if args.cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"tokens_per_s": args.steps * args.micro_batch * SEQ_LEN / seconds, "step_s": seconds / args.steps,
+            "flops_per_step": training_flops(module, batches[0]), "data_wait": 0.0, "peak_memory_mb": peak_memory_mb()}
+
+
+def pretrain_bench_loop(args, objective_name: str) -> dict:
+    """The real thing: `train()` with DeepSpeed, the loader and its workers, logging, the budget."""
+    from pretrain_bench import config
+    from pretrain_bench.train.run import train
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = config.validate(run_config(args, objective_name, run_dir), "benchmark")
+        train(cfg, log=lambda m: None)
+        lines = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    lines = [l for l in lines if l["split"] == "train"]
+    first, last = lines[args.warmup - 1], lines[-1]
+    seconds = last["elapsed_s"] - first["elapsed_s"]
+    measured = lines[args.warmup:]
+    return {"tokens_per_s": (last["tokens"] - first["tokens"]) / seconds, "step_s": seconds / (last["step"] - first["step"]),
+            "mfu_logged": sum(l["mfu"] for l in measured) / len(measured),
+            "data_wait": sum(l["data_wait"] * l["step_s"] for l in measured) / sum(l["step_s"] for l in measured),
+            "peak_memory_mb": peak_memory_mb()}
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+def machine() -> dict:
+    import platform
+
+    import deepspeed
+    import torch
+    import transformers
+
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{cpu}, {os.cpu_count()} cores"
+    return {"device": device, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "deepspeed": deepspeed.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def child(args, contender: str) -> dict:
+    command = [sys.executable, __file__, "--contender", contender, *sys.argv[1:]]
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu" if not args.cuda else "cuda")}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def table(results: dict, info: dict, peak: float) -> str:
+    baseline = results["hf_trainer"].get("tokens_per_s")
+    lines = [f"# Training throughput: {info['name']}", "",
+             f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}, deepspeed "
+             f"{info['deepspeed']}; {info['date']}. Model: BERT 4 layers, width 256, 4 heads, FFN 1024, vocabulary "
+             f"{VOCAB}, length {SEQ_LEN}, micro-batch {info['micro_batch']}; {info['steps']} steps after "
+             f"{info['warmup']} warm-up. Matmul peak measured here: {peak / 1e9:,.0f} GFLOP/s ({info['dtype']}).", "",
+             "| contender | tokens/s | step (ms) | vs baseline | vs bare loop | MFU | data wait | peak memory (MB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error']} | | | | | | |")
+            continue
+        bare = results.get(f"bare:{name.split(':', 1)[1]}") if name.startswith("pretrain-bench:") else None
+        lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['step_s'] * 1e3:,.1f} | "
+                     f"{r['tokens_per_s'] / baseline:.2f}x | "
+                     f"{(r['tokens_per_s'] / bare['tokens_per_s']) if bare and 'error' not in bare else float('nan'):.2f} | "
+                     f"{r['mfu']:.1%} | {r['data_wait']:.1%} | {r['peak_memory_mb']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--name", default=None, help="results file name (default: cpu-<cores>core or the GPU name)")
+    p.add_argument("--objectives", default=None, help="comma-separated (default: every registered objective)")
+    p.add_argument("--steps", type=int, default=30, help="measured steps after warm-up")
+    p.add_argument("--warmup", type=int, default=8, help="steps not measured")
+    p.add_argument("--micro-batch", type=int, default=64, help="rows per step")
+    p.add_argument("--num-workers", type=int, default=1, help="pretrain-bench DataLoader workers")
+    p.add_argument("--corpus", default=None, help="text file/folder (default: ../shared/data/corpus/en or the built-in corpus)")
+    p.add_argument("--max-documents", type=int, default=20000, help="documents read for the benchmark data")
+    p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "pretrain-bench-benchmark"))
+    p.add_argument("--contender", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    import torch
+
+    args.cuda = torch.cuda.is_available()
+    if args.contender:
+        kind, _, objective = args.contender.partition(":")
+        run = {"hf_trainer": lambda: hf_trainer(args), "bare": lambda: bare_loop(args, objective),
+               "pretrain-bench": lambda: pretrain_bench_loop(args, objective)}[kind]
+        print(json.dumps(run()))
+        return
+
+    from pretrain_bench import objectives
+    from pretrain_bench.train.throughput import matmul_peak_flops
+
+    dtype = torch.bfloat16 if args.cuda else torch.float32
+    peak = matmul_peak_flops("cuda" if args.cuda else "cpu", dtype, seconds=3.0)
+    names = args.objectives.split(",") if args.objectives else list(objectives.available())
+    contenders = ["hf_trainer"] + [f"{kind}:{n}" for n in names for kind in ("bare", "pretrain-bench")]
+    results = {}
+    for contender in contenders:
+        print(f"running {contender} ...", file=sys.stderr, flush=True)
+        results[contender] = r = child(args, contender)
+        if "flops_per_step" in r:
+            r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
+        elif "mfu_logged" in r:
+            r["mfu"] = r.pop("mfu_logged")
+        print(f"  {json.dumps(r)}", file=sys.stderr, flush=True)
+    info = {**machine(), "name": args.name or ("gpu-" + torch.cuda.get_device_name(0).replace(" ", "-").lower()
+                                                if args.cuda else f"cpu-{os.cpu_count()}core"),
+            "steps": args.steps, "warmup": args.warmup, "micro_batch": args.micro_batch,
+            "dtype": "bf16" if args.cuda else "fp32", "peak_flops": peak}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{info['name']}.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))
+    markdown = table(results, info, peak)
+    (RESULTS / f"{info['name']}.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
