@@ -67,7 +67,7 @@ def hf_recipe(corpus: Path, tokenizer_dir: Path, num_proc: int, seq_len: int, ca
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default=str(SHARED_CORPUS), help="folder or file of .jsonl text")
-    p.add_argument("--num-proc", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="processes for the datasets recipe")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2, help="runs of each; the faster counts")
     args = p.parse_args()
@@ -78,7 +78,7 @@ def main() -> None:
     size = corpus_bytes(corpus)
     work = Path(tempfile.mkdtemp(prefix="pb-dataprep-bench-"))
     try:
-        base = DataConfig(path=str(corpus), seq_len=args.seq_len, num_proc=args.num_proc,
+        base = DataConfig(path=str(corpus), seq_len=args.seq_len,  # default: the tokenizer's threads use every core
                           cache_dir=str(work / "warm"), tokenizer={"vocab_size": 16384})
         tokenizer_dir = prepare(base, log=lambda m: None).root / "tokenizer"  # train the tokenizer once
         timings = {"pretrain-bench": [], "datasets.map + group_texts": []}

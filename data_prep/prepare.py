@@ -60,8 +60,9 @@ class DataConfig(Section):
     tokenizer: tokenizers_.TokenizerConfig = Field(default_factory=tokenizers_.TokenizerConfig)
     segmenter: str = Field("wordpiece", description="word boundaries: wordpiece ('##'), jieba or ltp")
     segmenter_options: dict = Field(default_factory=dict, description="options of the segmenter")
-    num_proc: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
-                          description="tokenization processes (does not change the result)")
+    num_proc: int | None = Field(None, ge=1, description="tokenization processes (does not change the result); "
+                                 "default: one process using the tokenizer's own threads for wordpiece, one per "
+                                 "core for Python segmenters")
     rows_per_shard: int = Field(16384, ge=1, description="rows in one shard file")
     cache_dir: str = Field("~/.cache/pretrain-bench", description="where prepared data is cached")
 
@@ -222,9 +223,10 @@ def _build(cfg: DataConfig, packing: str, digest: str, root: Path, log) -> None:
                 pending[split] = []
         yield from ((s, docs) for s, docs in pending.items() if docs)
 
-    worker_args = (str(tmp / "tokenizer" / "tokenizer.json"), cfg.segmenter, cfg.segmenter_options, cfg.num_proc > 1)
+    num_proc = cfg.num_proc or (1 if cfg.segmenter == "wordpiece" else os.cpu_count() or 1)
+    worker_args = (str(tmp / "tokenizer" / "tokenizer.json"), cfg.segmenter, cfg.segmenter_options, num_proc > 1)
     bar = tqdm(total=_total_bytes(cfg), unit="B", unit_scale=True, desc="tokenize+pack", file=sys.stderr)
-    with _pool(cfg.num_proc, worker_args) as imap:
+    with _pool(num_proc, worker_args) as imap:
         for split, tokenized, nbytes in imap(tokenize, jobs()):
             counts[split]["documents"] += len(tokenized.lengths)
             counts[split]["tokens"] += int(tokenized.lengths.sum())
