@@ -92,3 +92,10 @@ def test_every_field_is_documented():
     for cls in available().values():
         walk(cls.Config, "objective.")
     assert not missing, f"fields without description: {missing}"
+
+
+def test_configuration_reference_is_current():
+    from pretrain_bench.reference import render
+
+    assert (REPO / "docs" / "configuration.md").read_text() == render(), \
+        "regenerate: python -m pretrain_bench.reference > docs/configuration.md"
