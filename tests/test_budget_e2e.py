@@ -69,7 +69,7 @@ def clocked(monkeypatch):
 
 TIME_RUN = ["budget.minutes=1", "train.max_steps=null", "train.grad_accum_steps=4", "budget.batch_size_ramp=0.4",
             "train.schedule.shape=triangular", "train.schedule.warmup=0.5", "train.log_every=1",
-            "train.eval_at=[0.25,0.5,1.0]", "train.snapshot_at=[0.5]", "train.checkpoint_every=3",
+            "train.eval_at=[0.25,0.5,1.0]", "train.snapshot_at=[0.5,1.0]", "train.checkpoint_every=3",
             "train.threads=1"]  # one thread: tiny models gain nothing from two, and a shared CPU costs less
 
 
@@ -105,7 +105,10 @@ def test_time_budget_stops_at_the_deadline_and_a_crashed_run_resumes_on_its_cloc
     assert [line["grad_accum"] for line in lines][:3] == [1, 1, 1] and lines[-1]["grad_accum"] == 4
     evals = read_metrics(whole.run_dir, "eval")  # evaluation (1000 s a batch) did not eat into the budget
     assert [e["progress"] >= p for e, p in zip(evals, (0.25, 0.5, 1.0))] == [True] * 3 and len(evals) == 3
-    assert (Path(whole.run_dir) / "snapshots" / "p0.50" / "model.safetensors").exists()
+    snapshots = Path(whole.run_dir) / "snapshots"  # named by their point, stamped with the training time
+    half = json.loads((snapshots / "p0.50" / "pretrain_bench.json").read_text())
+    assert half["point"] == 0.5 and half["progress"] >= 0.5 and half["training_seconds"] == 60 * half["progress"]
+    assert (snapshots / "p1.00" / "model.safetensors").exists() and (snapshots / "p0.50" / "model.safetensors").exists()
 
     crashed = tiny_config(tiny_overrides, tmp_path / "crashed", *TIME_RUN)
     with pytest.raises(Crash):
