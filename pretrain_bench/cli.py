@@ -22,6 +22,8 @@ COMMANDS = {
                     "measure throughput and say what the budget buys"),
     "finetune": ("pretrain_bench.eval.cli:finetune_args", "pretrain_bench.eval.cli:finetune",
                  "fine-tune a checkpoint on a GLUE/CLUE task over several seeds (GLUE-sane recipe)"),
+    "compare": ("pretrain_bench.compare.cli:compare_args", "pretrain_bench.compare.cli:compare",
+                "pre-train objectives at equal budget, fine-tune each, write a report"),
 }
 
 
