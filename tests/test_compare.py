@@ -16,6 +16,7 @@ from pretrain_bench.compare.report import spread
 from pretrain_bench.errors import UserError
 from pretrain_bench.train import rundir
 from tests import tasks
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 LABELS = ["mlm", "shuffled", "random-init"]
@@ -28,7 +29,7 @@ def study_config(root: Path, corpus_file, cache_dir) -> dict:
         "data": {"path": str(corpus_file), "cache_dir": str(cache_dir), "seq_len": SEQ_LEN, "num_proc": 1,
                  "tokenizer": {"vocab_size": 400}},
         "model": {"size": "tiny"},
-        "train": {"max_steps": STEPS, "micro_batch_size": MICRO_BATCH, "num_workers": 0, "lr": 2e-3, "log_every": 2,
+        "train": {"max_steps": STEPS, "micro_batch_size": MICRO_BATCH, "num_workers": 0, "threads": 1, "lr": 2e-3, "log_every": 2,
                   "eval_at": [0.5, 1.0], "eval_batches": 2, "checkpoint_every_minutes": None},
         "objectives": [{"name": "mlm"},
                        {"name": "tests.plugins.shuffle_objective:Shuffled", "label": "shuffled",
@@ -97,6 +98,10 @@ def test_report_table_json_and_plots_agree(study):
                 "random" if label == "random-init" else "pretrained"}
             assert entry["tasks"][task]["score"]["values"] == [s["score"] for s in seeds]
             assert all((folder / "finetune" / label / task / f"seed{s}.json").is_file() for s in (0, 1))
+    sst2_dev = [int(line.split("\t")[1]) for line in (Path(results["tasks"]["sst2"]["path"]) / "dev.tsv").read_text().splitlines()[1:]]
+    majority = max(sst2_dev.count(0), sst2_dev.count(1)) / len(sst2_dev)
+    assert results["tasks"]["sst2"]["majority_dev_accuracy"] == majority and results["tasks"]["sts"]["majority_dev_accuracy"] is None
+    assert f"the commonest dev label is {100 * majority:.1f}% of dev" in markdown
     median = results["models"]["mlm"]["tasks"]["sts"]["metrics"]["pearson"]["median"]
     assert re.search(rf"\| sts \| pearson \| {100 * median:.1f} ", markdown)
 
@@ -170,3 +175,10 @@ def test_study_config_errors(tmp_path, corpus_file, cache_dir, change, message):
     raw = {**study_config(tmp_path, corpus_file, cache_dir), **change}
     with pytest.raises(UserError, match=message):
         config.validate(raw, "study.yaml")
+
+
+@pytest.mark.parametrize("name", ["quickstart", "compare-en", "compare-zh"])
+def test_shipped_study_configs_validate(name):
+    study, runs = config.load(REPO / "configs" / f"{name}.yaml")
+    assert len(runs) >= 2 and study.random_init_floor and len(study.finetune.seeds) >= 3
+    assert len({run.model_dump_json(exclude={"run_dir", "objective"}) for run in runs.values()}) == 1  # equal settings

@@ -65,6 +65,18 @@ def _floor_lines(results: dict) -> list[str]:
     return lines
 
 
+def _speed_note(models: dict) -> list[str]:
+    """Runs that saw very different token counts: on a time budget that is either the objectives' own cost
+    per token or other load on the machine; the reader should know which comparison they are looking at."""
+    speeds = {label: e["pretrain"]["tokens_per_s"] for label, e in models.items() if e["pretrain"] and e["pretrain"]["tokens_per_s"]}
+    if len(speeds) < 2 or max(speeds.values()) < 1.2 * min(speeds.values()):
+        return []
+    fast, slow = max(speeds, key=speeds.get), min(speeds, key=speeds.get)
+    return ["", f"Note: `{fast}` ran {speeds[fast] / speeds[slow]:.1f}x faster than `{slow}` in tokens/s, so it saw that many "
+            "times more data in the same time. If the objectives cost the same per token, the machine was busy with other "
+            "work during one of them; repeat the study on a quiet machine, or set budget.tokens to compare at equal data."]
+
+
 def markdown(results: dict) -> str:
     study, tasks, models = results["study"], results["tasks"], results["models"]
     recipe = study["finetune"]
@@ -103,6 +115,7 @@ def markdown(results: dict) -> str:
                  _number(run["training_seconds"], 1), _number(run["tokens_per_s"], 0), _number(run["final_loss"]),
                  _number(run["final_eval_loss"]), str(run["stop_reason"])]
         out.append("| " + " | ".join(cells) + " |")
+    out += _speed_note(models)
 
     out += ["", "## Against the floor", "", *_floor_lines(results)]
 
@@ -118,7 +131,8 @@ def markdown(results: dict) -> str:
     for task in task_names:
         info = tasks[task]
         evals = ", ".join(f"{n:,} {split}" for split, n in info["eval_examples"].items())
-        labels = f"{len(info['labels'])} classes" if info["labels"] else "regression"
+        labels = (f"{len(info['labels'])} classes (the commonest dev label is {points(info['majority_dev_accuracy'])}% of dev)"
+                  if info["labels"] else "regression")
         out.append(f"- **{task}** (`{info['path']}`): {labels}, {info['train_examples']:,} train, {evals} examples"
                    + "".join(f"; {note}" for note in info["notes"]))
 

@@ -144,9 +144,12 @@ def run_study(study: StudyConfig, runs: dict, log: Callable[[str], None] = print
     for task_cfg, task in tasks:
         for note in task.notes:
             log(f"compare: {task.name}: {note}")
+        dev_labels = task.evals["dev"].labels
         results["tasks"][task.name] = {
             "path": task_cfg.path, "labels": list(task.labels), "metrics": task.metric_keys(),
             "train_examples": len(task.train), "eval_examples": {s: len(e) for s, e in task.evals.items()},
+            # what always answering the commonest dev label scores in accuracy: the chance line
+            "majority_dev_accuracy": None if task.regression else max(map(dev_labels.count, set(dev_labels))) / len(dev_labels),
             "notes": list(task.notes)}
     for label, (folder, init, objective) in models.items():
         entry = {"objective": objective, "init": init, "model": str(folder),
