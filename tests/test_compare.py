@@ -182,3 +182,12 @@ def test_shipped_study_configs_validate(name):
     study, runs = config.load(REPO / "configs" / f"{name}.yaml")
     assert len(runs) >= 2 and study.random_init_floor and len(study.finetune.seeds) >= 3
     assert len({run.model_dump_json(exclude={"run_dir", "objective"}) for run in runs.values()}) == 1  # equal settings
+
+
+def test_study_task_and_recipe_fields_are_documented():
+    from pretrain_bench.eval.finetune import FinetuneConfig, FinetuneJob
+    from pretrain_bench.eval.tasks import TaskConfig
+
+    missing = [f"{model.__name__}.{name}" for model in (config.StudyConfig, TaskConfig, FinetuneConfig, FinetuneJob)
+               for name, field in model.model_fields.items() if not field.description]
+    assert not missing

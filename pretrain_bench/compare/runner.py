@@ -19,12 +19,12 @@ import yaml
 
 from pretrain_bench.compare.config import FLOOR, StudyConfig
 from pretrain_bench.errors import UserError
-from pretrain_bench.eval.finetune import (EXPORT_INFO, encode_task, finetune_once, load_tokenizer,
-                                          model_folder)
+from pretrain_bench.eval.finetune import encode_task, finetune_once, load_tokenizer, model_folder
 from pretrain_bench.eval.metrics import summarize
 from pretrain_bench.eval.tasks import Task, load_task
 from pretrain_bench.train import rundir
 from pretrain_bench.train.checkpoint import atomic_write_text
+from pretrain_bench.train.run import EXPORT_INFO, train
 
 # Recipe keys that change speed only, not the result: changing them keeps cached fine-tuning results.
 OPERATIONAL_KEYS = {"seeds", "threads", "eval_batch_size"}
@@ -37,8 +37,6 @@ def _digest(value) -> str:
 def pretrain(study: StudyConfig, runs: dict, log: Callable[[str], None]) -> None:
     """Each objective's run: a finished one (final/ written) is reused if made with the same settings, an
     interrupted one resumed from its last checkpoint (train() refuses one made with other settings)."""
-    from pretrain_bench.train.run import train
-
     for number, (label, cfg) in enumerate(runs.items(), 1):
         run_dir = Path(cfg.run_dir)
         config_file = run_dir / "config.yaml"
@@ -67,7 +65,7 @@ def export_info(folder: Path) -> dict | None:
     return None
 
 
-def pretrain_record(label: str, cfg) -> dict:
+def pretrain_record(cfg) -> dict:
     """What the report shows of one pre-training run: its export summary and loss curves."""
     run_dir = Path(cfg.run_dir)
     info = json.loads((run_dir / "final" / EXPORT_INFO).read_text())
@@ -153,7 +151,7 @@ def run_study(study: StudyConfig, runs: dict, log: Callable[[str], None] = print
             "notes": list(task.notes)}
     for label, (folder, init, objective) in models.items():
         entry = {"objective": objective, "init": init, "model": str(folder),
-                 "pretrain": pretrain_record(label, runs[label]) if label in runs else None, "tasks": {}}
+                 "pretrain": pretrain_record(runs[label]) if label in runs else None, "tasks": {}}
         for task_cfg, task in tasks:
             seeds = finetuner.results(label, folder, init, task, task_cfg)
             entry["tasks"][task.name] = {

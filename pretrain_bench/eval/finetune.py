@@ -24,9 +24,9 @@ from pretrain_bench.eval.metrics import METRICS, task_score
 from pretrain_bench.eval.tasks import Examples, Task, TaskConfig
 from pretrain_bench.section import Section
 from pretrain_bench.train.engine import parameter_groups
+from pretrain_bench.train.run import EXPORT_INFO
 from pretrain_bench.train.schedules import ScheduleConfig, lr_factor
 
-EXPORT_INFO = "pretrain_bench.json"  # written by train.run.export beside the exported models
 Init = Literal["pretrained", "random"]
 
 

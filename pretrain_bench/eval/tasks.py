@@ -30,7 +30,7 @@ class TaskConfig(Section):
     dev_file: str | None = Field(None, description="evaluation file inside the folder (default: the layout's dev "
                                  "file; e.g. test_public.json for FewCLUE's larger labelled test set)")
     split_dev: float | None = Field(None, gt=0, lt=1, description="for folders without a training file (QNLI, "
-                                    "QQP new_dev.tsv, CLUE dev only): train on this share of the dev rows, "
+                                    "QQP new_dev.tsv, CLUE dev only): train on this share of the dev rows instead, "
                                     "evaluate on the rest")
     max_train_examples: int | None = Field(None, ge=1, description="train on at most this many examples "
                                            "(a fixed random subset)")
