@@ -1,5 +1,5 @@
 """The report's plots (matplotlib, no display needed): pre-training loss against time and tokens, and
-each task's scores per model, every seed a dot and the median a bar."""
+each task's scores per model, every seed a dot and the median a bar across them."""
 
 from __future__ import annotations
 
@@ -35,17 +35,25 @@ def pretrain_loss(results: dict, path: Path) -> None:
 
 
 def downstream(results: dict, path: Path) -> None:
-    """One panel per task: each model's seed scores (dots) and their median (bar), x100."""
+    """One panel per task: each model's seed scores (dots) and their median (a bar across them), x100, on an
+    axis fitted to the scores so that differences of a point stay visible; the dashed line is what always
+    answering the commonest label scores, on tasks measured by accuracy alone."""
     tasks, models = list(results["tasks"]), list(results["models"])
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.0, 1.1 * len(models)) * len(tasks), 4), squeeze=False)
     for panel, task in zip(axes[0], tasks):
+        info = results["tasks"][task]
         for x, label in enumerate(models):
             summary = results["models"][label]["tasks"][task]["score"]
-            color = "0.6" if label == FLOOR else f"C{x}"
-            panel.bar(x, 100 * summary["median"], color=color, alpha=0.35, width=0.6)
-            panel.scatter([x] * summary["n"], [100 * v for v in summary["values"]], color=color, s=16, zorder=3)
+            color = "0.5" if label == FLOOR else f"C{x}"
+            panel.hlines(100 * summary["median"], x - 0.3, x + 0.3, color=color, linewidth=2.5)
+            panel.scatter([x] * summary["n"], [100 * v for v in summary["values"]], color=color, s=18, zorder=3)
+        if info["metrics"] == ["accuracy"] and info.get("majority_dev_accuracy") is not None:
+            panel.axhline(100 * info["majority_dev_accuracy"], color="0.6", linestyle="--", linewidth=1,
+                          label="commonest label")
+            panel.legend(fontsize="small", loc="lower right")
         panel.set_xticks(range(len(models)), models, rotation=30, ha="right")
-        panel.set(title=f"{task} ({'/'.join(results['tasks'][task]['metrics'])})", ylabel="dev score x100")
+        panel.set_xlim(-0.6, len(models) - 0.4)
+        panel.set(title=f"{task} ({'/'.join(info['metrics'])})", ylabel="dev score x100 (bar: median)")
         panel.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

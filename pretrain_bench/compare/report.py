@@ -93,7 +93,7 @@ def markdown(results: dict) -> str:
 
     out += ["## Downstream scores", "",
             f"Dev-set task score x100: median over {seeds} fine-tuning seed(s), [min, max] in brackets. "
-            "A task's score is the mean of its metrics (in brackets in the header), as GLUE averages them.", ""]
+            "A task's score is the mean of its metrics (named in the header), as GLUE averages them.", ""]
     header = ["model", "objective"] + [f"{t} ({'/'.join(tasks[t]['metrics'])})" for t in task_names] + ["average"]
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, entry in models.items():
