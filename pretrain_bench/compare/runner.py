@@ -91,11 +91,13 @@ class Finetuner:
         self.study, self.log = study, log
         self.root = Path(study.run_dir) / "finetune"
         self.recipe = study.finetune.model_dump(mode="json", exclude=OPERATIONAL_KEYS)
+        self.tokenizers: dict[Path, object] = {}
         self.encoded: dict[tuple, tuple] = {}  # (task, tokenizer) -> encoded examples: shared by every model
 
     def results(self, label: str, folder: Path, init: str, task: Task, task_cfg) -> list[dict]:
-        # what makes the result: the pre-training run's summary, or for the floor the architecture alone
-        identity = export_info(folder) if init == "pretrained" else (folder / "config.json").read_text()
+        # what makes the result: the pre-training run's summary, or for the floor the architecture and tokenizer
+        identity = (export_info(folder) if init == "pretrained"
+                    else [(folder / "config.json").read_text(), self._tokenizer_hash(folder)])
         key = _digest({"recipe": self.recipe, "task": task_cfg.model_dump(mode="json"), "init": init,
                        "model": identity})
         out, reused = [], []
@@ -118,11 +120,19 @@ class Finetuner:
             self.log(f"compare: '{label}' on {task.name}: seed(s) {', '.join(map(str, reused))} reused")
         return out
 
-    def _run(self, folder: Path, init: str, task: Task, seed: int) -> dict:
+    def _tokenizer(self, folder: Path):
+        if folder not in self.tokenizers:
+            self.tokenizers[folder] = load_tokenizer(folder)
+        return self.tokenizers[folder]
+
+    def _tokenizer_hash(self, folder: Path) -> str:
         from data_prep.tokenizer import fingerprint
 
-        tokenizer = load_tokenizer(folder)
-        memo = (task.name, fingerprint(tokenizer))
+        return fingerprint(self._tokenizer(folder))
+
+    def _run(self, folder: Path, init: str, task: Task, seed: int) -> dict:
+        tokenizer = self._tokenizer(folder)
+        memo = (task.name, self._tokenizer_hash(folder))
         if memo not in self.encoded:
             self.encoded[memo] = encode_task(tokenizer, task, self.study.finetune.max_seq_len)
         train, evals = self.encoded[memo]
