@@ -20,6 +20,10 @@ COMMANDS = {
                    "list the registered objectives"),
     "budget-plan": ("pretrain_bench.commands:config_args", "pretrain_bench.commands:budget_plan",
                     "measure throughput and say what the budget buys"),
+    "finetune": ("pretrain_bench.eval.cli:finetune_args", "pretrain_bench.eval.cli:finetune",
+                 "fine-tune a checkpoint on a GLUE/CLUE task over several seeds (GLUE-sane recipe)"),
+    "compare": ("pretrain_bench.compare.cli:compare_args", "pretrain_bench.compare.cli:compare",
+                "pre-train objectives at equal budget, fine-tune each, write a report"),
 }
 
 

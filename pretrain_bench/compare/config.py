@@ -1,0 +1,87 @@
+"""The study config: the run settings every objective shares (data, model, train, budget, seed), the
+objectives to compare, the downstream tasks and the fine-tuning recipe. Validated as a whole before
+any work, each objective against its own Config, with one line per problem."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pydantic
+from pydantic import Field
+
+from data_prep.prepare import DataConfig
+from pretrain_bench import config as run_config
+from pretrain_bench.errors import UserError
+from pretrain_bench.eval.finetune import FinetuneConfig
+from pretrain_bench.eval.tasks import DOCSTRINGS, TaskConfig, task_name
+from pretrain_bench.models.backbone import ModelConfig
+from pretrain_bench.section import Section, validation_error
+from pretrain_bench.train.budget import BudgetConfig
+from pretrain_bench.train.loop import TrainConfig
+
+FLOOR = "random-init"  # the label of the randomly initialised encoder
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # labels name folders
+
+
+class StudyConfig(Section):
+    """Objectives side by side at equal budget, each fine-tuned on every task."""
+
+    run_dir: str = Field(description="study folder: runs/<label>/ (pre-training), finetune/ (results per seed), report/")
+    seed: int = Field(0, description="pre-training seed, the same for every objective")
+    data: DataConfig = Field(default_factory=DataConfig, description="the corpus and tokenizer, shared")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the encoder shape, shared")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings, shared")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="the equal budget of every run")
+    objectives: list[dict] = Field(min_length=1, description="objective sections (name + its own keys) with an "
+                                   "optional label; each is checked against its objective's Config")
+    tasks: list[TaskConfig] = Field(min_length=1, description="downstream tasks (folders or builtin:docstrings)")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="the one fine-tuning recipe")
+    random_init_floor: bool = Field(True, description="also fine-tune a randomly initialised encoder of the same "
+                                    "shape: the floor every objective should beat")
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> tuple[StudyConfig, dict[str, run_config.RunConfig]]:
+    """The study and one validated RunConfig per objective label, in the config's order."""
+    raw = run_config.read_yaml(path)
+    applied = run_config.apply_overrides(raw, list(overrides))
+    return validate(raw, str(path), applied)
+
+
+def validate(raw: dict, source: str, applied: dict[str, str] | None = None):
+    try:
+        study = StudyConfig.model_validate(raw)
+    except pydantic.ValidationError as e:
+        raise validation_error(e, StudyConfig, source, applied or {}) from None
+    runs = {}
+    shared = study.model_dump(mode="json", include={"seed", "data", "model", "train", "budget"})
+    for i, entry in enumerate(study.objectives):
+        entry = dict(entry)
+        label = str(entry.pop("label", entry.get("name", "mlm")))
+        where = f"{source}: objectives[{i}]"
+        if not LABEL.match(label) or label == FLOOR:
+            raise UserError(f"{where}: label '{label}' cannot name a folder (or is reserved); use letters, digits, "
+                            f"'-', '_', '.', '+' and not '{FLOOR}'")
+        if label in runs:
+            raise UserError(f"{where}: label '{label}' is used twice; give each objective a distinct label")
+        run_dir = str(Path(study.run_dir) / "runs" / label)
+        try:
+            runs[label] = run_config.validate({**shared, "run_dir": run_dir, "objective": entry}, where)
+        except UserError as e:  # name the list entry, not the single-run key
+            message = re.sub(r"\bobjective\.", f"objectives[{i}].", str(e))
+            raise UserError(message if message.startswith(source) else f"{source}: {message}") from None
+    names = []
+    for i, task in enumerate(study.tasks):
+        where = f"{source}: tasks[{i}]"
+        if task.path != DOCSTRINGS and not Path(task.path).expanduser().is_dir():
+            raise UserError(f"{where}.path '{task.path}' is not a folder; give a GLUE/CLUE task folder or '{DOCSTRINGS}'")
+        try:
+            name = task_name(task)  # resolves the folder's format
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        if name in names:
+            raise UserError(f"{where}: a second task named '{name}'; give one of them a distinct 'name'")
+        if not LABEL.match(name):
+            raise UserError(f"{where}: name '{name}' cannot name a folder; use letters, digits, '-', '_', '.', '+'")
+        names.append(name)
+    return study, runs

@@ -1,0 +1,254 @@
+"""GLUE-sane fine-tuning (cramming): one global recipe for every task, several seeds, the dev score at
+the end of training (no per-task search, no best-epoch picking). Plain PyTorch on
+`AutoModelForSequenceClassification`, so any exported checkpoint (BERT, the crammed ModernBERT layout,
+an ELECTRA discriminator) and any plain transformers checkpoint is fine-tuned the same way."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from pretrain_bench.errors import UserError
+from pretrain_bench.eval.metrics import METRICS, task_score
+from pretrain_bench.eval.tasks import Examples, Task, TaskConfig
+from pretrain_bench.section import Section
+from pretrain_bench.train.engine import parameter_groups
+from pretrain_bench.train.run import EXPORT_INFO
+from pretrain_bench.train.schedules import ScheduleConfig, lr_factor
+
+Init = Literal["pretrained", "random"]
+
+
+class FinetuneConfig(Section):
+    """The one recipe every task is fine-tuned with. Defaults are cramming's GLUE-sane (eval/GLUE_sane.yaml
+    with optim/adam.yaml); tiny models on a CPU want a larger lr and fewer epochs (see configs/)."""
+
+    epochs: int = Field(5, ge=1, description="passes over the training set")
+    batch_size: int = Field(16, ge=1, description="examples per optimizer step")
+    lr: float = Field(4e-5, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decay (not on biases and norms)")
+    adam_betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas")
+    adam_eps: float = Field(1e-6, gt=0, description="AdamW epsilon")
+    schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(shape="cosine", warmup=0.1),
+                                     description="learning-rate shape over the fine-tuning steps")
+    grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip (0: off)")
+    max_seq_len: int = Field(128, ge=8, description="tokens per example after truncation, specials included")
+    seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1, description="one fine-tuning run per seed (head "
+                             "initialisation, data order, dropout); the report gives their median and spread")
+    eval_batch_size: int = Field(128, ge=1, description="examples per evaluation forward pass")
+    threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
+
+
+class FinetuneJob(Section):
+    """What `pretrain-bench finetune` validates: the recipe and the task."""
+
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="the fine-tuning recipe")
+    task: TaskConfig = Field(description="the task to fine-tune on")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of a task's examples, ready for batching."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def model_folder(checkpoint: str | Path) -> Path:
+    """The transformers folder to fine-tune: the checkpoint itself, the model our export lists first
+    in pretrain_bench.json (the one meant for fine-tuning, e.g. ELECTRA's discriminator), or a run
+    folder's final/."""
+    path = Path(checkpoint).expanduser()
+    if (path / "final" / EXPORT_INFO).is_file():
+        path = path / "final"
+    if (path / "config.json").is_file():
+        return path
+    if (path / EXPORT_INFO).is_file():
+        models = json.loads((path / EXPORT_INFO).read_text()).get("models") or []
+        if models and (path / models[0] / "config.json").is_file():
+            return path / models[0]
+    raise UserError(f"checkpoint '{checkpoint}': not a transformers model folder (config.json), an export "
+                    f"({EXPORT_INFO} listing its models) or a run folder with final/; give one of those")
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"checkpoint '{folder}': no usable tokenizer ({str(e).splitlines()[0][:200]}); "
+                        "save the tokenizer beside the model (our exports do)") from None
+
+
+def build_model(folder: Path, task: Task, init: Init, seed: int):
+    """The checkpoint's encoder with a fresh task head, or (init='random') the same architecture with
+    fresh weights everywhere: the floor a pre-trained encoder has to beat."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    with _quiet_transformers():
+        config = AutoConfig.from_pretrained(str(folder), num_labels=task.num_labels, local_files_only=True)
+        config.problem_type = "regression" if task.regression else "single_label_classification"
+        torch.manual_seed(seed)  # the new head (and, for the floor, every weight)
+        if init == "random":
+            return AutoModelForSequenceClassification.from_config(config)
+        return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config, local_files_only=True)
+
+
+@contextmanager
+def _quiet_transformers():
+    """Loading an MLM checkpoint into a classifier reports the new head and the dropped MLM head:
+    expected here, so neither that report nor a progress bar per seed is shown."""
+    from transformers.utils import logging
+
+    level, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bar:
+            logging.enable_progress_bar()
+
+
+def encode(tokenizer, examples: Examples, max_seq_len: int, regression: bool) -> Encoded:
+    pairs = (examples.text_a,) if examples.text_b is None else (examples.text_a, examples.text_b)
+    out = tokenizer(*pairs, truncation=True, max_length=max_seq_len)
+    dtype = torch.float32 if regression else torch.long
+    return Encoded(out["input_ids"], out.get("token_type_ids"), torch.tensor(examples.labels, dtype=dtype))
+
+
+def _batch(data: Encoded, indices, pad_id: int, use_types: bool) -> dict[str, torch.Tensor]:
+    """Pad the chosen examples to their longest one."""
+    width = max(len(data.input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    types = torch.zeros((len(indices), width), dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        n = len(data.input_ids[i])
+        ids[row, :n] = torch.tensor(data.input_ids[i])
+        mask[row, :n] = 1
+        if use_types and data.token_type_ids is not None:
+            types[row, :n] = torch.tensor(data.token_type_ids[i])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if use_types:
+        batch["token_type_ids"] = types
+    return batch
+
+
+def _takes_token_types(model) -> bool:
+    """ModernBERT has no segment embeddings; BERT and ELECTRA have two."""
+    return ("token_type_ids" in inspect.signature(model.forward).parameters
+            and getattr(model.config, "type_vocab_size", 2) >= 2)
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return F.mse_loss(logits.squeeze(-1).float(), labels)
+    return F.cross_entropy(logits.float(), labels)
+
+
+def predict(model, data: Encoded, pad_id: int, batch_size: int, regression: bool) -> np.ndarray:
+    """Label indices (or scores) for every example, in order; batches of similar length for speed."""
+    model.eval()
+    use_types = _takes_token_types(model)
+    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    outputs = np.empty(len(data), dtype=np.float64 if regression else np.int64)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            logits = model(**_batch(data, chosen, pad_id, use_types)).logits.float()
+            outputs[chosen] = (logits.squeeze(-1) if regression else logits.argmax(-1)).numpy()
+    return outputs
+
+
+def evaluate(model, task: Task, evals: dict[str, Encoded], pad_id: int, batch_size: int) -> dict[str, float]:
+    """Every metric of the task on every evaluation set (keys as Task.metric_keys)."""
+    values = {}
+    for split, data in evals.items():
+        predictions = predict(model, data, pad_id, batch_size, task.regression)
+        labels = data.labels.numpy()
+        for metric in task.metrics:
+            key = metric if split == "dev" else f"{metric}_{split.removeprefix('dev_')}"
+            values[key] = METRICS[metric](predictions, labels)
+    return values
+
+
+def finetune_once(folder: Path, tokenizer, task: Task, train: Encoded, evals: dict[str, Encoded],
+                  cfg: FinetuneConfig, seed: int, init: Init = "pretrained") -> dict:
+    """Fine-tune one seed and score it on the evaluation sets; returns the result record."""
+    start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = build_model(folder, task, init, seed)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and cfg.max_seq_len > limit:
+        raise UserError(f"finetune.max_seq_len {cfg.max_seq_len} exceeds the model's max_position_embeddings "
+                        f"{limit} ({folder}); lower finetune.max_seq_len")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    use_types = _takes_token_types(model)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas,
+                                  eps=cfg.adam_eps)
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    step, epoch_losses = 0, []
+    model.train()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(train), generator=generator).tolist()
+        losses = []
+        for first in range(0, len(order), cfg.batch_size):
+            chosen = order[first:first + cfg.batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step / total, cfg.schedule)
+            logits = model(**_batch(train, chosen, pad_id, use_types)).logits
+            loss = _loss(logits, train.labels[chosen], task.regression)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+        epoch_losses.append(float(np.mean(losses)))
+    metrics = evaluate(model, task, evals, pad_id, cfg.eval_batch_size)
+    return {"task": task.name, "seed": seed, "init": init, "model": str(folder), "metrics": metrics,
+            "score": task_score(metrics), "train_examples": len(train),
+            "eval_examples": {split: len(data) for split, data in evals.items()}, "steps": total,
+            "epoch_train_loss": epoch_losses, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def encode_task(tokenizer, task: Task, max_seq_len: int) -> tuple[Encoded, dict[str, Encoded]]:
+    return (encode(tokenizer, task.train, max_seq_len, task.regression),
+            {split: encode(tokenizer, examples, max_seq_len, task.regression) for split, examples in task.evals.items()})
+
+
+def finetune_seeds(checkpoint: str | Path, task: Task, cfg: FinetuneConfig, init: Init = "pretrained",
+                   log: Callable[[str], None] = print) -> list[dict]:
+    """One result record per seed of `cfg.seeds`."""
+    folder = model_folder(checkpoint)
+    tokenizer = load_tokenizer(folder)
+    train, evals = encode_task(tokenizer, task, cfg.max_seq_len)
+    results = []
+    for seed in cfg.seeds:
+        result = finetune_once(folder, tokenizer, task, train, evals, cfg, seed, init)
+        log(f"finetune: {task.name} seed {seed} ({init}): " + ", ".join(
+            f"{k} {100 * v:.1f}" for k, v in result["metrics"].items()) + f" ({result['seconds']:.0f}s)")
+        results.append(result)
+    return results

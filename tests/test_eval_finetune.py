@@ -1,0 +1,130 @@
+"""Fine-tuning: each head type learns a generated task; every checkpoint layout loads (our BERT and
+crammed exports, an ELECTRA export with its discriminator listed first, a plain transformers encoder);
+the random-init floor has fresh weights; a seed reproduces its result; the command's output."""
+
+import json
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+from data_prep import tokenizer as tokenizers
+from pretrain_bench.cli import main
+from pretrain_bench.errors import UserError
+from pretrain_bench.eval.finetune import FinetuneConfig, build_model, finetune_seeds, model_folder
+from pretrain_bench.eval.tasks import TaskConfig, load_task
+from pretrain_bench.models import backbone
+from pretrain_bench.objectives import Vocab
+from tests import corpus, tasks
+
+RECIPE = FinetuneConfig(epochs=4, lr=2e-3, seeds=[0], threads=1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tokenizers.train(corpus.documents(500), tokenizers.TokenizerConfig(vocab_size=300), 64)
+
+
+def save(model, tokenizer, folder):
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer):
+    """A tiny BERT as our export writes it (untrained: the heads must learn these tasks on their own)."""
+    torch.manual_seed(0)
+    model = backbone.build_mlm_model(backbone.ModelConfig(size="tiny"), Vocab.from_tokenizer(tokenizer))
+    folder = save(model, tokenizer, tmp_path_factory.mktemp("bert") / "final")
+    (folder / "pretrain_bench.json").write_text(json.dumps({"objective": "mlm", "models": ["."]}))
+    return folder.parent
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    return {kind: load_task(TaskConfig(path=str(tasks.write(root / name, kind, train=320, dev=120))), root)
+            for kind, name in (("binary", "SST-2"), ("three", "MNLI"), ("regression", "STS-B"))}
+
+
+def test_two_class_head(checkpoint, generated):
+    [result] = finetune_seeds(checkpoint, generated["binary"], RECIPE, log=lambda m: None)
+    assert result["metrics"]["accuracy"] >= 0.95
+    assert result["epoch_train_loss"][-1] < result["epoch_train_loss"][0]
+
+
+def test_three_class_head_on_pairs(checkpoint, generated):
+    recipe = FinetuneConfig(epochs=6, lr=2e-3, seeds=[0], threads=1)
+    [result] = finetune_seeds(checkpoint, generated["three"], recipe, log=lambda m: None)
+    assert set(result["metrics"]) == {"accuracy", "accuracy_mismatched"}
+    assert min(result["metrics"].values()) >= 0.9  # chance is 1/3
+
+
+def test_regression_head(checkpoint, generated):
+    recipe = FinetuneConfig(epochs=8, lr=2e-3, seeds=[0], threads=1)
+    [result] = finetune_seeds(checkpoint, generated["regression"], recipe, log=lambda m: None)
+    assert result["metrics"]["pearson"] >= 0.8 and result["metrics"]["spearman"] >= 0.8
+    assert result["score"] == pytest.approx((result["metrics"]["pearson"] + result["metrics"]["spearman"]) / 2)
+
+
+def test_same_seed_same_result_other_seed_differs(checkpoint, generated):
+    recipe = FinetuneConfig(epochs=1, lr=2e-3, seeds=[3, 3, 4], threads=1)
+    a, b, c = finetune_seeds(checkpoint, generated["binary"], recipe, log=lambda m: None)
+    assert a["epoch_train_loss"] == b["epoch_train_loss"] and a["metrics"] == b["metrics"]
+    assert a["epoch_train_loss"] != c["epoch_train_loss"]
+
+
+def test_random_init_floor_has_fresh_weights(checkpoint, generated):
+    folder = model_folder(checkpoint)
+    task = generated["binary"]
+    pretrained, random_a, random_b = (build_model(folder, task, init, seed=1)
+                                      for init in ("pretrained", "random", "random"))
+    saved = BertModel.from_pretrained(folder).embeddings.word_embeddings.weight
+    assert torch.equal(pretrained.bert.embeddings.word_embeddings.weight, saved)
+    assert not torch.equal(random_a.bert.embeddings.word_embeddings.weight, saved)
+    assert torch.equal(random_a.bert.embeddings.word_embeddings.weight, random_b.bert.embeddings.word_embeddings.weight)
+    assert type(random_a) is type(pretrained)
+
+
+def test_crammed_electra_and_plain_checkpoints(tmp_path, tokenizer, generated):
+    vocab = Vocab.from_tokenizer(tokenizer)
+    crammed = save(backbone.build_mlm_model(backbone.ModelConfig(size="tiny", arch="crammed"), vocab), tokenizer,
+                   tmp_path / "crammed")
+    export = tmp_path / "electra" / "final"  # an ELECTRA export: the discriminator first, the generator after
+    small = dict(vocab_size=vocab.size, embedding_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=128, pad_token_id=vocab.pad_id)
+    save(ElectraForPreTraining(ElectraConfig(hidden_size=64, **small)), tokenizer, export / "discriminator")
+    save(ElectraForMaskedLM(ElectraConfig(hidden_size=32, **small)), tokenizer, export / "generator")
+    (export / "pretrain_bench.json").write_text(json.dumps({"objective": "electra",
+                                                             "models": ["discriminator", "generator"]}))
+    plain = save(BertModel(BertConfig(vocab_size=vocab.size, hidden_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, intermediate_size=128)), tokenizer, tmp_path / "plain")
+    assert model_folder(export.parent) == export / "discriminator"
+    recipe = FinetuneConfig(epochs=3, lr=2e-3, seeds=[0], threads=1)
+    for folder, expected in ((crammed, "ModernBertForSequenceClassification"),
+                             (export, "ElectraForSequenceClassification"), (plain, "BertForSequenceClassification")):
+        assert type(build_model(model_folder(folder), generated["binary"], "pretrained", 0)).__name__ == expected
+        [result] = finetune_seeds(folder, generated["binary"], recipe, log=lambda m: None)
+        assert result["metrics"]["accuracy"] >= 0.9, folder
+
+
+def test_bad_checkpoint_and_too_long_sequences(tmp_path, checkpoint, generated):
+    with pytest.raises(UserError, match="not a transformers model folder"):
+        model_folder(tmp_path)
+    with pytest.raises(UserError, match="max_seq_len 1024 exceeds the model's max_position_embeddings 512"):
+        finetune_seeds(checkpoint, generated["binary"], FinetuneConfig(max_seq_len=1024, seeds=[0]))
+
+
+def test_finetune_command(tmp_path, checkpoint, capsys):
+    task_dir = tasks.write(tmp_path / "SST-2", "binary", train=64, dev=32)
+    out = tmp_path / "result.json"
+    assert main(["finetune", str(checkpoint), str(task_dir), "finetune.epochs=1", "finetune.seeds=[0,1]",
+                 "finetune.lr=2e-3", "finetune.threads=1", "task.max_dev_examples=20", "--random-init",
+                 "--output", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert [r["seed"] for r in written["results"]] == [0, 1] and written["results"][0]["init"] == "random"
+    assert written["results"][0]["eval_examples"] == {"dev": 20}
+    assert f"median {100 * written['summary']['accuracy']['median']:.1f}" in capsys.readouterr().out
+    assert main(["finetune", str(checkpoint), str(task_dir), "finetune.lrr=1"]) == 2
+    assert "unknown key 'finetune.lrr' (did you mean 'lr'?)" in capsys.readouterr().err
