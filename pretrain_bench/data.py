@@ -72,10 +72,10 @@ class MicroBatches(Dataset):
     """Item m: the corrupted inputs of micro-batch m of this rank, and its number of non-pad tokens."""
 
     def __init__(self, rows: Rows, corrupt, pad_id: int, rows_per_batch: int, seed: int, rank: int,
-                 world: int, seq_len: int, shuffle: bool = True):
+                 world: int, seq_len: int):
         self.rows, self.corrupt, self.pad_id = rows, corrupt, pad_id
         self.rows_per_batch, self.seed, self.rank, self.world = rows_per_batch, seed, rank, world
-        self.seq_len, self.shuffle = seq_len, shuffle
+        self.seq_len = seq_len
         self._order: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:  # the sampler is unbounded; epochs wrap around
@@ -85,8 +85,6 @@ class MicroBatches(Dataset):
         n = len(self.rows)
         positions = (m * self.world + self.rank) * self.rows_per_batch + np.arange(self.rows_per_batch)
         epochs, offsets = positions // n, positions % n
-        if not self.shuffle:
-            return offsets
         out = np.empty_like(offsets)
         for epoch in np.unique(epochs):
             if self._order is None or self._order[0] != epoch:

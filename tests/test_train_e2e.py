@@ -1,7 +1,6 @@
 """End to end through DeepSpeed on the CPU with a tiny model on the generated corpus."""
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -96,7 +95,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_overrides):
 
 def test_two_ranks_zero2_under_the_deepspeed_launcher(tmp_path, tiny_overrides):
     run_dir = tmp_path / "two"
-    command = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+    launcher = Path(sys.executable).with_name("deepspeed")  # this environment's, whether or not it is on PATH
+    command = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()),
                "--module", "pretrain_bench", "train", str(REPO / "configs" / "tiny-cpu.yaml"), *tiny_overrides,
                "train.max_steps=20", "train.zero_stage=2", f"run_dir={run_dir}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,

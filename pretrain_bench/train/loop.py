@@ -100,7 +100,7 @@ class Trainer:
         self.position = state.micro_batches  # micro-batches consumed, including an unfinished window
         self.in_window = 0  # micro-batches of the current optimizer step so far
         self.window = MetricWindow()
-        self.window_tokens = self.window_flops = 0
+        self.window_tokens = self.window_flops = self.window_wait_s = 0  # window_wait_s: waiting for data
         self.window_start_s = budget.training_seconds()
         self.signal_name: str | None = None
         self.seq_len = cfg.data.seq_len
@@ -118,7 +118,11 @@ class Trainer:
                 self.seq_len = self.budget.seq_len(self.cfg.data.seq_len, self.step_progress)
                 with self.budget.paused():  # counting FLOPs is measurement, not training
                     self.stage_flops = self.flops_per_micro_batch(self.seq_len)
-                for inputs, num_tokens in self.make_batches(self.seq_len, self.position):
+                batches = iter(self.make_batches(self.seq_len, self.position))  # endless
+                while True:
+                    asked = self.budget.now()
+                    inputs, num_tokens = next(batches)
+                    self.window_wait_s += self.budget.now() - asked
                     reason = self.micro_step(inputs, num_tokens)
                     if reason or (self.in_window == 0 and
                                   self.budget.seq_len(self.cfg.data.seq_len, self.step_progress) != self.seq_len):
@@ -242,13 +246,15 @@ class Trainer:
         record = {"split": "train", "step": self.budget.steps, "tokens": self.budget.tokens,
                   "elapsed_s": round(self.budget.training_seconds(), 3), "progress": round(self.step_progress, 6),
                   "lr": self.lr, "loss": metrics.pop("loss", math.nan), "tokens_per_s": self.window_tokens / seconds,
+                  "step_s": seconds / max(self.budget.steps - self.logged_step, 1),
+                  "data_wait": self.window_wait_s / seconds,
                   "mfu": self.window_flops * self.world / seconds / self.peak_flops,
                   "grad_norm": _float(self.engine.get_global_grad_norm()),
                   "grad_accum": self.engine.gradient_accumulation_steps(), "seq_len": self.seq_len,
                   "skipped_steps": self.state.skipped_steps, **metrics}
         self.tracker.log(record)
         self.logged_step = self.budget.steps
-        self.window_tokens = self.window_flops = 0
+        self.window_tokens = self.window_flops = self.window_wait_s = 0
         self.window_start_s = self.budget.training_seconds()
         return record
 
@@ -259,14 +265,12 @@ class Trainer:
                           "elapsed_s": round(self.budget.training_seconds(), 3),
                           "progress": round(self.budget.progress(), 5),
                           **{f"eval_{k}": v for k, v in metrics.items()}})
-        self.window_start_s = self.budget.training_seconds()
 
     def _save(self) -> None:
         with self.budget.paused():
             self.state.last_checkpoint_s = self.budget.training_seconds()
             self.checkpoints.save(f"step{self.budget.steps:08d}", self.save_state())
             self.saved_step = self.budget.steps
-        self.window_start_s = self.budget.training_seconds()
 
     @contextmanager
     def _signals(self):

@@ -146,14 +146,13 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
 
     train_rows, val_rows = Rows(prepared, "train"), Rows(prepared, "validation")
 
-    def batches(seq_len: int, split_rows: Rows, seed: int, shuffle: bool) -> MicroBatches:
-        return MicroBatches(split_rows, objective.corrupt, vocab.pad_id, t.micro_batch_size, seed, rank, world,
-                            seq_len, shuffle)
+    def batches(seq_len: int, split_rows: Rows, seed: int) -> MicroBatches:
+        return MicroBatches(split_rows, objective.corrupt, vocab.pad_id, t.micro_batch_size, seed, rank, world, seq_len)
 
     def make_batches(seq_len: int, start: int):
-        return loader(batches(seq_len, train_rows, cfg.seed, True), start, t.num_workers, use_cuda)
+        return loader(batches(seq_len, train_rows, cfg.seed), start, t.num_workers, use_cuda)
 
-    eval_set = batches(cfg.data.seq_len, val_rows, cfg.seed + 1, False)
+    eval_set = batches(cfg.data.seq_len, val_rows, cfg.seed + 1)  # the same random validation rows every time
     eval_count = math.ceil(t.eval_batches / world)
 
     def evaluate() -> dict:
@@ -170,7 +169,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
 
     def flops_per_micro_batch(seq_len: int) -> float:
         if seq_len not in flops_cache:
-            inputs, _ = batches(seq_len, train_rows, cfg.seed, True)[0]
+            inputs, _ = batches(seq_len, train_rows, cfg.seed)[0]
             flops_cache[seq_len] = training_flops(engine.module, {k: v.to(engine.device) for k, v in inputs.items()})
         return flops_cache[seq_len]
 
