@@ -3,7 +3,7 @@
 
 Providers:
 - `wordnet`: English synonyms, the lemmas that share a synset with the word, read from a WordNet 3.0
-  database folder (`index.*`/`data.*`, format wndb(5WN)); most frequent sense first.
+  database folder (`index.sense` and `data.*`, formats senseidx(5WN), wndb(5WN)); most frequent sense first.
 - `cilin`: Chinese synonyms, the other members of the word's HIT Tongyici Cilin (extended) synonym
   groups (codes ending '=', optionally the related '#' groups).
 - `vectors`: nearest neighbours by cosine in word vectors (gensim): a word2vec file the user gives, or
@@ -128,19 +128,20 @@ class CorpusWords:
 # --- providers: word -> ranked (similar word, score) ----------------------------------------------
 
 class WordNetSynonyms:
-    """Synonyms from a WordNet 3.0 database (nouns, verbs, adjectives, adverbs; senses by frequency)."""
+    """Synonyms from a WordNet 3.0 database: the lemmas of the word's synsets, senses ordered by their
+    SemCor frequency (`index.sense`); when some sense was seen there, the never-seen ones are dropped, so
+    'in' does not become 'inch' nor 'a' 'vitamin A'."""
 
-    POS = ("noun", "verb", "adj", "adv")
+    POS = {"1": "noun", "2": "verb", "3": "adj", "4": "adv", "5": "adj"}  # lex_sense ss_type -> data file
 
     def __init__(self, path: str):
         folder = next((f for f in (Path(path), Path(path) / "wordnet", Path(path) / "dict")
-                       if (f / "data.noun").is_file()), None)
+                       if (f / "data.noun").is_file() and (f / "index.sense").is_file()), None)
         if folder is None:
-            raise UserError(f"objective.similar.path '{path}': no WordNet database (data.noun) there or in its "
-                            "wordnet/ or dict/ folder; give the WordNet 3.0 folder")
+            raise UserError(f"objective.similar.path '{path}': no WordNet 3.0 database (data.noun, index.sense) "
+                            "there or in its wordnet/ or dict/ folder; give the WordNet folder")
         self.synsets: dict[tuple[str, str], list[str]] = {}
-        self.senses: dict[str, list[tuple[str, str]]] = {}
-        for pos in self.POS:
+        for pos in ("noun", "verb", "adj", "adv"):
             for line in open(folder / f"data.{pos}", encoding="utf-8"):
                 if not line.startswith("  "):  # the licence header is indented
                     fields = line.split(" ")
@@ -148,10 +149,16 @@ class WordNetSynonyms:
                     # adjectives carry a syntactic marker: 'galore(ip)'
                     self.synsets[pos, fields[0]] = [re.sub(r"\(\w+\)$", "", w).replace("_", " ")
                                                     for w in fields[4:4 + 2 * count:2]]
-            for line in open(folder / f"index.{pos}", encoding="utf-8"):
-                if not line.startswith("  "):
-                    fields = line.split()
-                    self.senses.setdefault(fields[0], []).extend((pos, o) for o in fields[-int(fields[2]):])
+        senses: dict[str, list[tuple[int, int, str, str]]] = {}
+        for line in open(folder / "index.sense", encoding="utf-8"):  # sense_key offset sense_number tag_cnt
+            key, offset, number, tagged = line.split()
+            lemma, _, lex_sense = key.partition("%")
+            senses.setdefault(lemma, []).append((-int(tagged), int(number), self.POS[lex_sense[0]], offset))
+        self.senses = {}
+        for lemma, found in senses.items():
+            found.sort()
+            seen_in_semcor = [s for s in found if s[0] < 0]
+            self.senses[lemma] = [(pos, offset) for _, _, pos, offset in seen_in_semcor or found]
 
     def similar(self, words: list[str]) -> list[list[tuple[str, float]]]:
         out = []
