@@ -10,7 +10,8 @@ from data_prep.lexicon import CilinSynonyms, NeighboursConfig, VectorNeighbours,
 from data_prep.neighbour_table import NeighbourTable, word_keys
 from pretrain_bench.errors import UserError
 from tests.conftest import SHARED_DATA
-from tests.word_rows import CHINESE_LEXICON, ENGLISH_LEXICON, chinese_slice, english_slice  # noqa: F401
+from tests.word_rows import (CHINESE_LEXICON, ENGLISH_LEXICON, chinese_slice, english_slice,  # noqa: F401
+                             single_thread)
 
 
 def texts(found):

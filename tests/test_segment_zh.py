@@ -10,7 +10,8 @@ from data_prep.segment_zh import continuation_chars
 from data_prep.words import refiner
 from pretrain_bench.errors import UserError
 from pretrain_bench.objectives import Vocab, get, masking
-from tests.word_rows import all_rows, chinese_documents, partial_words, write_chinese_jsonl
+from tests.word_rows import (all_rows, chinese_documents, partial_words, single_thread,  # noqa: F401
+                             write_chinese_jsonl)
 
 
 def expected_flags(text: str) -> list[bool]:

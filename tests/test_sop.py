@@ -8,7 +8,7 @@ from data_prep.pack import SpecialIds, Tokenized
 from data_prep.prepare import DataConfig, prepare
 from data_prep.sop import SegmentPairPacker, truncated_lengths
 from pretrain_bench.objectives.mac import swap_segments
-from tests.word_rows import all_rows
+from tests.word_rows import all_rows, single_thread  # noqa: F401
 
 SPECIAL = SpecialIds(cls=2, sep=3, pad=0)
 

@@ -7,7 +7,7 @@ from pretrain_bench.objectives import Corruption, Vocab, get, masking, word_mask
 from pretrain_bench.objectives.masking import MaskingConfig
 from pretrain_bench.objectives.wwm import WWMConfig
 from tests.word_rows import (VOCAB, all_rows, chinese_slice, english_slice, partial_words,  # noqa: F401
-                             synthetic_rows, word_groups)
+                             single_thread, synthetic_rows, word_groups)
 
 
 def objective(vocab=VOCAB, **settings):

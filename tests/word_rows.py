@@ -14,6 +14,16 @@ from tests.conftest import SHARED_DATA
 VOCAB = Vocab(size=1000, pad_id=0, cls_id=2, sep_id=3, mask_id=4, unk_id=1, special_ids=(0, 1, 2, 3, 4))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Corruption runs on one thread in DataLoader workers; here too, which on a busy 2-core machine is
+    also many times faster than two threads contending."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def synthetic_rows(rows: int, length: int = 128, seed: int = 0, continue_prob: float = 0.4):
     """(input_ids, word_start): [CLS] body [SEP] rows whose words are 1, 2, 3, ... tokens long
     (each token continues the previous word with `continue_prob`)."""
