@@ -241,8 +241,8 @@ class VectorNeighbours:
         normed = torch.from_numpy(self.vectors.get_normed_vectors())
         keys = self.vectors.index_to_key
         take = min(self.cfg.candidates + 1, len(keys))
-        for start in range(0, len(known), 1024):
-            chunk = known[start:start + 1024]
+        for start in range(0, len(known), 256):  # 256 x 200k cosines: 200 MB at a time
+            chunk = known[start:start + 256]
             rows = torch.tensor([index[words[i]] for i in chunk])
             scores, found = (normed[rows] @ normed.T).topk(take, dim=1)
             for i, row, row_scores, row_found in zip(chunk, rows.tolist(), scores.tolist(), found.tolist()):
