@@ -69,14 +69,11 @@ def continuation_chars(text: str, words: Sequence[str]) -> np.ndarray:
     cjk = is_cjk(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
     inside = np.cumsum(np.r_[0, cjk])  # CJK characters before each offset
     qualifies = (lengths > 1) & (inside[starts + lengths] - inside[starts] == lengths)
-    out = np.zeros(len(text), dtype=bool)
-    first, last = starts[qualifies], starts[qualifies] + lengths[qualifies]
     # +1 after each qualifying word's first character, -1 at its end: positive inside, after the first
     marks = np.zeros(len(text) + 1, dtype=np.int64)
-    np.add.at(marks, first + 1, 1)
-    np.add.at(marks, last, -1)
-    out[:] = np.cumsum(marks)[:-1] > 0
-    return out
+    np.add.at(marks, starts[qualifies] + 1, 1)
+    np.add.at(marks, starts[qualifies] + lengths[qualifies], -1)
+    return np.cumsum(marks)[:-1] > 0
 
 
 def refine(texts: Sequence[str], encodings: Sequence, flags: list[np.ndarray], cut: Cut) -> list[np.ndarray]:
