@@ -22,8 +22,10 @@ def test_shipped_configs_validate():
 
 
 def test_defaults_and_required_keys(tmp_path):
-    cfg = load(tmp_path, "run_dir: r\n")
-    assert cfg.objective.name == "mlm" and cfg.model.size == "tiny" and cfg.train.max_steps == 1000
+    cfg = load(tmp_path, "run_dir: r\n", "budget.minutes=1")
+    assert cfg.objective.name == "mlm" and cfg.model.size == "tiny" and cfg.train.max_steps is None
+    with pytest.raises(UserError, match="neither train.max_steps nor a budget is set"):
+        load(tmp_path, "run_dir: r\n")
     assert cfg.data.path and cfg.seed == 0
     with pytest.raises(UserError, match="'run_dir' is required"):
         load(tmp_path, "seed: 1\n")
@@ -92,3 +94,10 @@ def test_every_field_is_documented():
     for cls in available().values():
         walk(cls.Config, "objective.")
     assert not missing, f"fields without description: {missing}"
+
+
+def test_configuration_reference_is_current():
+    from pretrain_bench.reference import render
+
+    assert (REPO / "docs" / "configuration.md").read_text() == render(), \
+        "regenerate: python -m pretrain_bench.reference > docs/configuration.md"

@@ -3,9 +3,10 @@
 Two architectures:
 - `bert`: `BertForMaskedLM` (post-LayerNorm, GELU, biases, learned positions): the BERT baseline.
 - `crammed`: the cramming paper's changes mapped onto `ModernBertForMaskedLM`: pre-LayerNorm, gated-GELU
-  feed-forward, linear layers without biases (switchable), no dropout, tied decoder. ModernBERT is the
-  transformers class that has all of these as config switches, so the export needs no code of ours;
-  it uses rotary positions where cramming used scaled sinusoids (see docs/architecture.md).
+  feed-forward of BERT's parameter count, linear layers without biases (switchable), tied decoder; dropout
+  is set by the config (the recipes use 0). ModernBERT is the transformers class that has all of these as
+  config switches, so the export needs no code of ours. What differs from cramming's own model (rotary
+  positions, a head transform, ...) is listed in docs/budget.md.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ class ModelConfig(Section):
     num_layers: int | None = Field(None, ge=1, description="overrides the size's depth")
     hidden_size: int | None = Field(None, ge=8, description="overrides the size's width")
     num_heads: int | None = Field(None, ge=1, description="overrides the size's attention heads")
-    intermediate_size: int | None = Field(None, ge=8, description="overrides the size's feed-forward width")
-    hidden_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on hidden states (0 for crammed)")
+    intermediate_size: int | None = Field(None, ge=8, description="overrides the size's feed-forward width "
+                                          "(crammed: split into the GLU's value and gate halves, as cramming)")
+    hidden_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on hidden states (cramming's recipe: 0)")
     attention_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on attention probabilities")
     max_position_embeddings: int = Field(512, ge=8, description="longest sequence the model accepts")
-    linear_bias: bool = Field(True, description="biases in linear layers (crammed only; bert always has them)")
+    linear_bias: bool = Field(True, description="biases in linear layers, decoder included (crammed only; bert "
+                              "always has them)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="attention kernel; flash_attention_2 needs a GPU and bf16")
     compile: bool = Field(False, description="torch.compile the encoder (speed only, same numbers)")
@@ -59,11 +62,14 @@ class ModelConfig(Section):
                 self.intermediate_size or (ffn if self.hidden_size is None else 4 * hidden))
 
     def problems(self) -> list[str]:
-        layers, hidden, heads, _ = self.dims()
+        layers, hidden, heads, ffn = self.dims()
         issues = []
         if hidden % heads:
             issues.append(f"model.hidden_size {hidden} is not divisible by model.num_heads {heads}; "
                           "choose a head count that divides the width")
+        if self.arch == "crammed" and ffn % 2:
+            issues.append(f"model.intermediate_size {ffn} is odd; the crammed GLU splits it in two halves, "
+                          "give an even width")
         return issues
 
 
@@ -89,13 +95,15 @@ def _bert_config(cfg: ModelConfig, vocab: Vocab) -> BertConfig:
 
 def _crammed_config(cfg: ModelConfig, vocab: Vocab) -> ModernBertConfig:
     layers, hidden, heads, ffn = cfg.dims()
+    # ModernBERT's Wi projects to 2 x intermediate_size (value and gate): half of BERT's width keeps BERT's
+    # parameter count, as cramming's GELU-GLU does. LayerNorms keep their biases, as in cramming.
     return ModernBertConfig(
         vocab_size=vocab.size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=ffn, hidden_activation="gelu", max_position_embeddings=cfg.max_position_embeddings,
+        intermediate_size=ffn // 2, hidden_activation="gelu", max_position_embeddings=cfg.max_position_embeddings,
         layer_types=["full_attention"] * layers, attention_dropout=cfg.attention_dropout,
         mlp_dropout=cfg.hidden_dropout, embedding_dropout=cfg.hidden_dropout,
-        attention_bias=cfg.linear_bias, mlp_bias=cfg.linear_bias, norm_bias=cfg.linear_bias,
-        classifier_bias=cfg.linear_bias, decoder_bias=True, pad_token_id=vocab.pad_id,
+        attention_bias=cfg.linear_bias, mlp_bias=cfg.linear_bias, norm_bias=True,
+        classifier_bias=cfg.linear_bias, decoder_bias=cfg.linear_bias, pad_token_id=vocab.pad_id,
         cls_token_id=vocab.cls_id, sep_token_id=vocab.sep_id, bos_token_id=vocab.cls_id,
         eos_token_id=vocab.sep_id, tie_word_embeddings=True)
 

@@ -19,7 +19,7 @@ from pretrain_bench.section import Section
 
 
 class CurriculumStage(Section):
-    until: float = Field(gt=0, le=1, description="progress at which this stage ends")
+    until: float = Field(gt=0, lt=1, description="progress at which this stage ends")
     seq_len: int = Field(ge=8, description="row length during this stage (divides data.seq_len)")
 
 
@@ -31,9 +31,11 @@ class EarlyStopConfig(Section):
 class BudgetConfig(Section):
     """At most one of hours, minutes, tokens; none means a step-limited run (train.max_steps)."""
 
-    hours: float | None = Field(None, gt=0, description="wall-clock training budget in hours")
-    minutes: float | None = Field(None, gt=0, description="wall-clock training budget in minutes")
-    tokens: int | None = Field(None, gt=0, description="token budget (deterministic runs)")
+    hours: float | None = Field(None, gt=0, description="wall-clock training budget in hours (evaluation, "
+                                "checkpoints, export and time spent down are not counted)")
+    minutes: float | None = Field(None, gt=0, description="wall-clock training budget in minutes (as hours)")
+    tokens: int | None = Field(None, gt=0, description="budget in non-padding training tokens over all ranks "
+                               "(runs repeat exactly)")
     batch_size_ramp: float = Field(0.0, ge=0, le=1, description="share of progress over which gradient "
                                    "accumulation grows from 1 to train.grad_accum_steps (cramming)")
     seq_len_curriculum: list[CurriculumStage] = Field(
@@ -61,6 +63,13 @@ class BudgetConfig(Section):
         if self.hours is not None:
             return self.hours * 3600
         return self.minutes * 60 if self.minutes is not None else None
+
+    def describe(self, max_steps: int | None) -> str:
+        if self.mode == "tokens":
+            return f"{self.tokens:,} tokens"
+        if self.mode == "time":
+            return f"{self.hours:g} hours" if self.hours is not None else f"{self.minutes:g} minutes"
+        return f"{max_steps:,} steps"
 
 
 class Budget:
@@ -122,16 +131,20 @@ class Budget:
     def exhausted(self) -> bool:
         return self.progress() >= 1.0 or self.capped()
 
-    def grad_accum_steps(self, final: int) -> int:
-        """Gradient accumulation now: grows linearly from 1 to `final` over cfg.batch_size_ramp."""
+    def grad_accum_steps(self, final: int, progress: float | None = None) -> int:
+        """Gradient accumulation at `progress` (default: now): grows linearly from 1 to `final` over
+        cfg.batch_size_ramp, reaching `final` at the ramp's end."""
         ramp = self.cfg.batch_size_ramp
         if ramp == 0 or final == 1:
             return final
-        return max(1, min(final, 1 + math.floor((final - 1) * self.progress() / ramp)))
+        p = self.progress() if progress is None else progress
+        return max(1, min(final, 1 + math.floor((final - 1) * p / ramp)))
 
-    def seq_len(self, full: int) -> int:
+    def seq_len(self, full: int, progress: float | None = None) -> int:
+        """Row length at `progress` (default: now): the first curriculum stage not yet ended, else `full`."""
+        p = self.progress() if progress is None else progress
         for stage in self.cfg.seq_len_curriculum:
-            if self.progress() < stage.until:
+            if p < stage.until:
                 return stage.seq_len
         return full
 
@@ -140,7 +153,8 @@ class Budget:
         rule = self.cfg.early_stop
         if rule and self.progress() >= rule.at and not loss <= rule.loss_above:
             return (f"early termination: training loss {loss:.3f} is above budget.early_stop.loss_above="
-                    f"{rule.loss_above} at {self.progress():.0%} of the budget (rule at {rule.at:.0%})")
+                    f"{rule.loss_above} at {self.progress():.0%} of the budget (rule from {rule.at:.0%}); "
+                    "lower train.lr or check the data")
         return None
 
     # --- resume ---

@@ -27,8 +27,8 @@ from pretrain_bench.train.tracker import MetricWindow, Tracker
 class TrainConfig(Section):
     """Optimisation, precision, parallelism and what the run writes."""
 
-    max_steps: int | None = Field(1000, ge=1, description="optimizer steps; the stop in a run without a "
-                                  "budget, a cap with one (null: no cap)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps: the stop of a run without a budget; "
+                                  "with one, an optional cap (null: the budget alone decides)")
     micro_batch_size: int = Field(32, ge=1, description="rows per micro-batch per rank")
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step (after any ramp)")
     lr: float = Field(5e-4, gt=0, description="peak learning rate")
@@ -56,7 +56,11 @@ class TrainConfig(Section):
     def problems(self, run) -> list[str]:
         issues = []
         if run.budget.mode == "steps" and self.max_steps is None:
-            issues.append("train.max_steps is null and no budget is set; give one of them")
+            issues.append("neither train.max_steps nor a budget is set; give train.max_steps or one of "
+                          "budget.hours, budget.minutes, budget.tokens")
+        if run.budget.batch_size_ramp and self.grad_accum_steps == 1:
+            issues.append("budget.batch_size_ramp grows accumulation from 1 to train.grad_accum_steps, which is 1; "
+                          "raise train.grad_accum_steps or remove the ramp")
         for stage in run.budget.seq_len_curriculum:
             if run.data.seq_len % stage.seq_len:
                 issues.append(f"budget.seq_len_curriculum seq_len {stage.seq_len} does not divide data.seq_len "
@@ -100,20 +104,24 @@ class Trainer:
         self.window_start_s = budget.training_seconds()
         self.signal_name: str | None = None
         self.seq_len = cfg.data.seq_len
+        self.stage_flops = 0.0  # FLOPs of one micro-batch at the current sequence length
         self.logged_step = self.saved_step = budget.steps
 
     # --- the loop ---
     def fit(self) -> str:
         """Train until the budget is spent; returns why it stopped ('budget' or 'max_steps')."""
-        self._set_step_hyperparameters()
-        reason = None
+        self._set_step_hyperparameters(self.budget.progress())
+        reason = self._stop_reason()  # a resumed run may have spent its budget already
         with self._signals():
             self.budget.start()
             while reason is None:  # one pass per sequence-length stage
-                self.seq_len = self.budget.seq_len(self.cfg.data.seq_len)
+                self.seq_len = self.budget.seq_len(self.cfg.data.seq_len, self.step_progress)
+                with self.budget.paused():  # counting FLOPs is measurement, not training
+                    self.stage_flops = self.flops_per_micro_batch(self.seq_len)
                 for inputs, num_tokens in self.make_batches(self.seq_len, self.position):
                     reason = self.micro_step(inputs, num_tokens)
-                    if reason or (self.in_window == 0 and self.budget.seq_len(self.cfg.data.seq_len) != self.seq_len):
+                    if reason or (self.in_window == 0 and
+                                  self.budget.seq_len(self.cfg.data.seq_len, self.step_progress) != self.seq_len):
                         break
             self.budget.stop()
         return reason
@@ -125,6 +133,9 @@ class Trainer:
         if 1.0 in self.train_cfg.eval_at and 1.0 not in self.state.fired["eval"]:
             self.state.fired["eval"].append(1.0)
             self.run_eval()
+        if 1.0 in self.train_cfg.snapshot_at and 1.0 not in self.state.fired["snapshot"]:
+            self.state.fired["snapshot"].append(1.0)
+            self.snapshot(1.0)
         if self.budget.steps > self.saved_step:
             self._save()
 
@@ -137,7 +148,7 @@ class Trainer:
         self.engine.step()
         self.window.add(out)
         self.position += 1
-        self.window_flops += self.flops_per_micro_batch(self.seq_len)
+        self.window_flops += self.stage_flops
         tokens, signalled = self._agree(num_tokens)
         self.budget.tokens += tokens
         self.window_tokens += tokens
@@ -148,7 +159,10 @@ class Trainer:
                 self._save()
                 raise RunStopped(f"{signalled} received: checkpoint saved at step {self.budget.steps}; "
                                  "continue with --resume", PREEMPTED_EXIT_CODE)
-        if self.budget.exhausted():  # after every micro-batch; a partial window is dropped
+        return self._stop_reason()  # after every micro-batch; a partial window is dropped
+
+    def _stop_reason(self) -> str | None:
+        if self.budget.exhausted():
             return "max_steps" if self.budget.capped() else "budget"
         return None
 
@@ -156,8 +170,8 @@ class Trainer:
         self.budget.steps += 1
         self.state.micro_batches = self.position
         self._count_nonfinite()
-        self._set_step_hyperparameters()
-        progress = self.budget.progress()
+        progress = self.budget.progress()  # one value for every decision at this boundary
+        self._set_step_hyperparameters(progress)
         self.tracker.progress(progress)
         checkpoint_due = self._checkpoint_due()
         if self.budget.steps % self.train_cfg.log_every == 0 or checkpoint_due:
@@ -168,9 +182,9 @@ class Trainer:
         every = self.train_cfg.eval_every
         if self._fires("eval", self.train_cfg.eval_at, progress) or (every and self.budget.steps % every == 0):
             self.run_eval()
-        if self._fires("snapshot", self.train_cfg.snapshot_at, progress):
+        for point in self._fires("snapshot", self.train_cfg.snapshot_at, progress):
             with self.budget.paused():
-                self.snapshot(progress)
+                self.snapshot(point)
         if checkpoint_due:
             self._save()
 
@@ -188,12 +202,12 @@ class Trainer:
             raise RunStopped(f"{self.state.nonfinite_in_a_row} non-finite steps in a row (train.max_nonfinite_steps); "
                              f"the last good checkpoint is in {self.checkpoints.folder}; lower train.lr or check the data")
 
-    def _set_step_hyperparameters(self) -> None:
-        progress = self.budget.progress()
+    def _set_step_hyperparameters(self, progress: float) -> None:
+        self.step_progress = progress
         self.lr = self.train_cfg.lr * lr_factor(progress, self.train_cfg.schedule)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = self.lr
-        accum = self.budget.grad_accum_steps(self.train_cfg.grad_accum_steps)
+        accum = self.budget.grad_accum_steps(self.train_cfg.grad_accum_steps, progress)
         if accum != self.engine.gradient_accumulation_steps():
             self.engine.set_train_batch_size(self.train_cfg.micro_batch_size * accum * self.world)
 
@@ -203,15 +217,16 @@ class Trainer:
         if self.world == 1:
             return tokens, self.signal_name
         shared = torch.tensor([float(tokens), float(self.signal_name is not None), self.budget.training_seconds()],
-                              dtype=torch.float64)
+                              dtype=torch.float64, device=self.engine.device)  # NCCL reduces GPU tensors only
         self.all_reduce(shared)
         self.budget.set_training_seconds(shared[2].item() / self.world)
         return int(shared[0]), (self.signal_name or "signal on another rank") if shared[1] > 0 else None
 
-    def _fires(self, kind: str, points: list[float], progress: float) -> bool:
+    def _fires(self, kind: str, points: list[float], progress: float) -> list[float]:
+        """The points reached by `progress` that have not fired yet (now marked as fired)."""
         due = [p for p in points if p <= progress + 1e-9 and p not in self.state.fired[kind]]
         self.state.fired[kind] += due
-        return bool(due)
+        return due
 
     def _checkpoint_due(self) -> bool:
         every, minutes = self.train_cfg.checkpoint_every, self.train_cfg.checkpoint_every_minutes
@@ -220,10 +235,12 @@ class Trainer:
         return bool(minutes) and self.budget.training_seconds() - self.state.last_checkpoint_s >= minutes * 60
 
     def log(self) -> dict:
+        """A metrics line. Its progress is the value at the step's boundary, from which the learning rate,
+        accumulation and length were set; elapsed_s is the clock now."""
         seconds = max(self.budget.training_seconds() - self.window_start_s, 1e-9)
         metrics = self.window.reduce(self.all_reduce if self.world > 1 else None)
         record = {"split": "train", "step": self.budget.steps, "tokens": self.budget.tokens,
-                  "elapsed_s": round(self.budget.training_seconds(), 3), "progress": round(self.budget.progress(), 5),
+                  "elapsed_s": round(self.budget.training_seconds(), 3), "progress": round(self.step_progress, 6),
                   "lr": self.lr, "loss": metrics.pop("loss", math.nan), "tokens_per_s": self.window_tokens / seconds,
                   "mfu": self.window_flops * self.world / seconds / self.peak_flops,
                   "grad_norm": _float(self.engine.get_global_grad_norm()),

@@ -179,9 +179,11 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     info = {"objective": cfg.objective.name, "config_hash": cfg.fingerprint(),
             "tokenizer_hash": prepared.manifest["tokenizer_hash"], "data": str(prepared.root)}
 
-    def snapshot(progress: float) -> None:
-        export(objective, engine.module, tokenizer, run_dir / "snapshots" / f"p{progress:.2f}",
-               {**info, "progress": progress, "steps": budget.steps, "tokens": budget.tokens}, t.zero_stage, is_main)
+    def snapshot(point: float) -> None:
+        """A transformers export named by the budget fraction it stands for (quality against hours)."""
+        export(objective, engine.module, tokenizer, run_dir / "snapshots" / f"p{point:.2f}",
+               {**info, "point": point, "progress": budget.progress(), "steps": budget.steps, "tokens": budget.tokens,
+                "training_seconds": budget.training_seconds()}, t.zero_stage, is_main)
         barrier()
 
     tracker = Tracker(run_dir, is_main, resume_step)
@@ -194,7 +196,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
         trainer.finish()
         start = time.perf_counter()
         summary = {**info, "stop_reason": reason, "steps": budget.steps, "tokens": budget.tokens,
-                   "training_seconds": round(budget.training_seconds(), 3),
+                   "training_seconds": round(budget.training_seconds(), 3), "progress": round(budget.progress(), 6),
                    "skipped_steps": state.skipped_steps, "world_size": world}
         export(objective, engine.module, tokenizer, final_dir, summary, t.zero_stage, is_main)
         summary["export_seconds"] = round(time.perf_counter() - start, 3)

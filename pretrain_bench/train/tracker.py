@@ -34,9 +34,10 @@ class MetricWindow:
         stacked = [torch.stack(self.values[k]) for k in keys]
         sums = torch.stack([torch.nan_to_num(v, nan=0.0).sum() for v in stacked])
         counts = torch.stack([(~v.isnan()).sum().float() for v in stacked])
-        both = torch.cat([sums, counts]).cpu()
+        both = torch.cat([sums, counts])  # on the metrics' device: NCCL reduces GPU tensors only
         if all_reduce is not None:
             all_reduce(both)
+        both = both.cpu()
         self.values.clear()
         sums, counts = both[: len(keys)], both[len(keys):]
         return {k: (s / c).item() for k, s, c in zip(keys, sums, counts) if c > 0}
