@@ -39,6 +39,12 @@ class Packer:
     def __init__(self, seq_len: int, special: SpecialIds):
         self.seq_len, self.special = seq_len, special
 
+    @classmethod
+    def for_tokenizer(cls, seq_len: int, special: SpecialIds, tokenizer) -> "Packer":
+        """The packer data_prep uses; a packer that needs more of the tokenizer (e.g. which tokens end a
+        sentence) overrides this."""
+        return cls(seq_len, special)
+
     def add(self, batch: Tokenized) -> Iterator[dict[str, np.ndarray]]:
         raise NotImplementedError
 

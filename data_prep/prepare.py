@@ -211,7 +211,7 @@ def _build(cfg: DataConfig, packing: str, digest: str, root: Path, log) -> None:
 
     writers = {s: ShardWriter(tmp, s, cfg.rows_per_shard, id_dtype) for s in ("train", "validation")}
     counts = {s: {"documents": 0, "tokens": 0} for s in writers}
-    packers = {s: PACKERS[packing](cfg.seq_len, special) for s in writers}
+    packers = {s: PACKERS[packing].for_tokenizer(cfg.seq_len, special, tok) for s in writers}
 
     def jobs() -> Iterator[tuple[str, list[str]]]:
         pending = {s: [] for s in writers}

@@ -17,7 +17,8 @@ from pretrain_bench.errors import UserError
 # per document) and returns refined flags. Factories are named 'module:function' and imported only
 # when chosen, so a tokenization worker loads no segmenter it does not use.
 Refiner = Callable[[Sequence[str], Sequence[object], list[np.ndarray]], list[np.ndarray]]
-SEGMENTERS: dict[str, str | None] = {"wordpiece": None}
+SEGMENTERS: dict[str, str | None] = {"wordpiece": None, "jieba": "data_prep.segment_zh:jieba",
+                                      "ltp": "data_prep.segment_zh:ltp"}
 
 
 def refiner(name: str, options: dict) -> Refiner | None:

@@ -69,7 +69,14 @@ def select_tokens(cand: torch.Tensor, counts: torch.Tensor | None, rate: float,
 def replace(input_ids: torch.Tensor, selected: torch.Tensor, vocab: Vocab, cfg: MaskingConfig,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's 80/10/10 drawn per token: (corrupted ids, corruption_type)."""
-    u = torch.rand(input_ids.shape, generator=generator)
+    return replace_by_draw(input_ids, selected, torch.rand(input_ids.shape, generator=generator), vocab, cfg,
+                           generator)
+
+
+def replace_by_draw(input_ids: torch.Tensor, selected: torch.Tensor, u: torch.Tensor, vocab: Vocab,
+                    cfg: MaskingConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """80/10/10 from given uniform draws u[B, L]: one per token, or one per word repeated over its tokens
+    (whole-word masking with per-word replacement)."""
     to_mask = selected & (u < cfg.mask_prob)
     to_random = selected & (u >= cfg.mask_prob) & (u < cfg.mask_prob + cfg.random_prob)
     kinds = torch.full_like(input_ids, Corruption.NONE)

@@ -38,6 +38,8 @@ def claim(run_dir: Path, config: dict, resume: bool, overwrite: bool, is_main: b
     A folder holding another run is refused unless --resume (same config, operational keys aside)
     or --overwrite (delete it and start over) is given.
     """
+    if not is_main:  # rank 0 alone decides: a rank that starts late would find rank 0's own config.yaml
+        return
     existing = run_dir / "config.yaml"
     if existing.exists():
         old = yaml.safe_load(existing.read_text()) or {}
@@ -54,10 +56,9 @@ def claim(run_dir: Path, config: dict, resume: bool, overwrite: bool, is_main: b
     elif any((run_dir / name).exists() for name in RUN_CONTENT) and not overwrite:
         raise UserError(f"run_dir {run_dir} holds run files but no config.yaml; pass --overwrite to replace "
                         "them or choose a new run_dir")
-    if is_main:
-        if overwrite and not resume:
-            for name in RUN_CONTENT:
-                target = run_dir / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(existing, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    if overwrite and not resume:
+        for name in RUN_CONTENT:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(existing, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
