@@ -39,12 +39,6 @@ def train(documents: Iterable[str], cfg: TokenizerConfig, max_length: int) -> Pr
     trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
                                         special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##")
     tok.train_from_iterator(documents, trainer)
-    # The trainer numbers equally frequent pieces in hash-map order, so two trainings on the same text
-    # give the same pieces under different ids. Renumber them canonically (specials first, then sorted)
-    # so the same corpus always gives the same tokenizer, and so the same shards and hashes.
-    pieces = sorted(set(tok.get_vocab()) - set(SPECIAL_TOKENS))
-    tok.model = models.WordPiece(vocab={p: i for i, p in enumerate(SPECIAL_TOKENS + pieces)}, unk_token="[UNK]",
-                                 max_input_chars_per_word=100)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
