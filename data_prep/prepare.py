@@ -191,6 +191,26 @@ def _total_bytes(cfg: DataConfig) -> int | None:
     return sum(p.stat().st_size for p in sources.files_of(Path(cfg.path).expanduser()))
 
 
+def _trained_tokenizer(cfg: DataConfig, cache: Path, log) -> Path:
+    """The tokenizer trained on this corpus with these settings, trained once and shared by every packing,
+    row length and segmenter: tokenizers' WordPiece trainer breaks ties between equally frequent pieces
+    in hash-map order, so a second training could give a slightly different vocabulary."""
+    key = {"source": sources.fingerprint(cfg.path), "path": cfg.path, "tokenizer": cfg.tokenizer.model_dump(),
+           "validation_fraction": cfg.validation_fraction, "max_documents": cfg.max_documents,
+           "text": [cfg.text_field, cfg.txt_documents, cfg.encoding_errors, cfg.hub_split], "format": FORMAT_VERSION}
+    folder = cache / "tokenizers" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    with _locked(folder.with_suffix(".lock")):
+        if not (folder / "tokenizer.json").exists():
+            log(f"data_prep: training a WordPiece tokenizer (vocabulary {cfg.tokenizer.vocab_size})")
+            training_docs = (d for d in _documents(cfg, cache) if _split_of(d, cfg.validation_fraction) == "train")
+            tok = tokenizers_.train(islice(training_docs, cfg.tokenizer.max_training_documents), cfg.tokenizer)
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tok.save_pretrained(str(tmp))
+            os.replace(tmp, folder)
+    return folder
+
+
 def _build(cfg: DataConfig, packing: str, digest: str, root: Path, log) -> None:
     cache = Path(cfg.cache_dir).expanduser()
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
@@ -198,13 +218,8 @@ def _build(cfg: DataConfig, packing: str, digest: str, root: Path, log) -> None:
     tmp.mkdir(parents=True)
     log(f"data_prep: preparing {cfg.path} -> {root}")
 
-    if cfg.tokenizer.path:
-        tok = tokenizers_.load(cfg.tokenizer.path)
-    else:
-        training_docs = (d for d in _documents(cfg, cache) if _split_of(d, cfg.validation_fraction) == "train")
-        log(f"data_prep: training a WordPiece tokenizer (vocabulary {cfg.tokenizer.vocab_size})")
-        tok = tokenizers_.train(islice(training_docs, cfg.tokenizer.max_training_documents), cfg.tokenizer,
-                                cfg.seq_len)
+    tok = tokenizers_.load(cfg.tokenizer.path or _trained_tokenizer(cfg, cache, log))
+    tok.model_max_length = cfg.seq_len
     tok.save_pretrained(str(tmp / "tokenizer"))
     special = SpecialIds(cls=tok.cls_token_id, sep=tok.sep_token_id, pad=tok.pad_token_id)
     id_dtype = np.uint16 if len(tok) <= np.iinfo(np.uint16).max + 1 else np.int32

@@ -29,7 +29,7 @@ class TokenizerConfig(Section):
         200_000, ge=1, description="documents the tokenizer is trained on (the first ones); null for all")
 
 
-def train(documents: Iterable[str], cfg: TokenizerConfig, max_length: int) -> PreTrainedTokenizerBase:
+def train(documents: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTokenizerBase:
     """A BERT-style WordPiece tokenizer: BertNormalizer, BertPreTokenizer, [CLS] A [SEP] (B [SEP])."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=cfg.split_cjk_chars,
@@ -44,7 +44,7 @@ def train(documents: Iterable[str], cfg: TokenizerConfig, max_length: int) -> Pr
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     return BertTokenizer(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-                         cls_token="[CLS]", mask_token="[MASK]", model_max_length=max_length,
+                         cls_token="[CLS]", mask_token="[MASK]",
                          # BertTokenizer rebuilds its normalizer from these on load: keep them in step.
                          do_lower_case=cfg.lowercase, strip_accents=cfg.lowercase,
                          tokenize_chinese_chars=cfg.split_cjk_chars)

@@ -96,3 +96,14 @@ def test_manifest_records_hashes(corpus_file, tmp_path):
     for shard in manifest["splits"]["train"]["shards"]:
         assert set(shard["files"]) == {"input_ids", "word_start"}
         assert all(len(f["sha256"]) == 64 for f in shard["files"].values())
+
+
+def test_one_tokenizer_per_corpus_shared_by_every_packing(corpus_file, tmp_path):
+    """Tokenizer training breaks ties in hash-map order, so it is trained once and reused: data prepared
+    with another row length (or packer, or segmenter) gets the very same tokenizer."""
+    cfg = DataConfig(path=str(corpus_file), cache_dir=str(tmp_path), seq_len=64, tokenizer={"vocab_size": 300})
+    a, b = prepare(cfg), prepare(cfg.model_copy(update={"seq_len": 32}))
+    assert a.root != b.root
+    assert a.manifest["tokenizer_hash"] == b.manifest["tokenizer_hash"]
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 2  # the tokenizer folder and its lock
+    assert a.tokenizer.model_max_length == 64 and b.tokenizer.model_max_length == 32
