@@ -78,18 +78,14 @@ def draw_with_replacement(cand: torch.Tensor, counts: torch.Tensor, max_draws: i
 
 
 def binary_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """ROC AUC as the Mann-Whitney U statistic with tied scores at their mean rank; NaN for one class."""
-    scores, labels = scores.double(), labels.bool()
-    positives = labels.sum().double()
+    """ROC AUC as the Mann-Whitney U statistic, tied scores at their mean rank; NaN (0/0) when only one
+    class is present. No branch on values, so no device sync."""
+    scores, labels = scores.double(), labels.double()
+    ordered = scores.sort().values
+    rank = (torch.searchsorted(ordered, scores) + torch.searchsorted(ordered, scores, right=True) + 1) / 2
+    positives = labels.sum()
     negatives = labels.numel() - positives
-    if positives == 0 or negatives == 0:
-        return scores.new_tensor(float("nan"))
-    ordered, order = scores.sort()
-    _, group, sizes = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
-    ends = sizes.cumsum(0).double()
-    mean_rank = (ends - sizes + 1 + ends) / 2  # 1-based ranks start..end of each tie group
-    rank_sum = mean_rank[group][labels[order]].sum()
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+    return ((rank * labels).sum() - positives * (positives + 1) / 2) / (positives * negatives)
 
 
 class ReplacedTokenDetection(nn.Module):
