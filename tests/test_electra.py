@@ -242,7 +242,8 @@ def test_sampling_stops_the_discriminator_gradient_at_the_generator(sharing):
     seen = capture_discriminator_input(module)
     out = module(**inputs)
     disc_loss, _ = module.discriminate(seen["input_ids"], inputs["attention_mask"], out["_disc_labels"])
-    layers = list(module.generator.electra.encoder.parameters()) + list(module.generator.generator_predictions.parameters())
+    generator = module.generator
+    layers = [*generator.electra.encoder.parameters(), *generator.generator_predictions.parameters()]
     assert all(g is None for g in torch.autograd.grad(disc_loss, layers, allow_unused=True))
 
 
@@ -250,7 +251,8 @@ def test_gdes_discriminator_loss_leaves_the_generator_embeddings_alone():
     obj, module = build(embedding_sharing="gdes")
     g_tables = [module.generator.electra.embeddings.get_parameter(f"{n}.weight")
                 for n in ("word_embeddings", "position_embeddings")]
-    d_tables = [module.discriminator.electra.embeddings.get_submodule(n) for n in ("word_embeddings", "position_embeddings")]
+    d_tables = [module.discriminator.electra.embeddings.get_submodule(n)
+                for n in ("word_embeddings", "position_embeddings")]
     deltas = [t.parametrizations.weight.original for t in d_tables]
     for table, source, delta in zip(d_tables, g_tables, deltas):
         assert torch.equal(table.weight, source) and not delta.any()  # E_D = sg(E_G) + 0 at the start
@@ -389,8 +391,8 @@ def test_two_ranks_under_the_deepspeed_launcher(tmp_path, tiny_overrides):
     run_dir = tmp_path / "two"
     command = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
                "--module", "pretrain_bench", "train", str(REPO / "configs" / "tiny-cpu.yaml"), *tiny_overrides,
-               "objective.name=electra", "train.max_steps=8", "train.log_every=4", "train.zero_stage=2",
-               f"run_dir={run_dir}"]
+               "objective.name=electra", "train.max_steps=8", "train.log_every=4", "train.eval_at=[1.0]",
+               "train.zero_stage=2", f"run_dir={run_dir}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
                             env=clean_env(DS_ACCELERATOR="cpu"))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -95,7 +95,8 @@ class ReplacedTokenDetection(nn.Module):
     def __init__(self, generator: nn.Module, discriminator: nn.Module, cfg: ElectraObjectiveConfig):
         super().__init__()
         self.generator, self.discriminator = generator, discriminator
-        self.temperature, self.disc_weight, self.disallow_correct = cfg.temperature, cfg.disc_weight, cfg.disallow_correct
+        self.temperature, self.disc_weight = cfg.temperature, cfg.disc_weight
+        self.disallow_correct = cfg.disallow_correct
         self.kinds = (Corruption.MASK, Corruption.KEEP) + ((Corruption.RANDOM,) if cfg.masking.random_prob else ())
 
     def generate(self, input_ids, attention_mask, labels, corruption_type):
