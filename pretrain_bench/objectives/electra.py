@@ -177,7 +177,7 @@ class Electra(Objective):
         if m.selection == "bernoulli":
             selected = masking.select_tokens(cand, None, m.rate, generator)
         else:
-            cap = m.max_predictions or int((m.rate + 0.005) * ids.shape[1])
+            cap = m.max_predictions or max(1, int((m.rate + 0.005) * ids.shape[1]))
             counts = masking.exact_k_counts(ids, self.vocab, m.rate, cap)
             selected = (draw_with_replacement(cand, counts, cap, generator) if m.selection == "with_replacement"
                         else masking.select_tokens(cand, counts, m.rate, generator))
