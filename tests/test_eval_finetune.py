@@ -22,7 +22,7 @@ RECIPE = FinetuneConfig(epochs=4, lr=2e-3, seeds=[0], threads=1)
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return tokenizers.train(corpus.documents(500), tokenizers.TokenizerConfig(vocab_size=300), 64)
+    return tokenizers.train(corpus.documents(500), tokenizers.TokenizerConfig(vocab_size=300))
 
 
 def save(model, tokenizer, folder):
