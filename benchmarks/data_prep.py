@@ -71,7 +71,6 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2, help="runs of each; the faster counts")
     args = p.parse_args()
-    from data_prep import tokenizer as tokenizers_
     from data_prep.prepare import DataConfig, prepare
 
     corpus = Path(args.corpus)

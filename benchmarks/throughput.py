@@ -60,7 +60,6 @@ def peak_memory_mb() -> float:
 def hf_trainer(args) -> dict:
     """What a user would run instead: the run_mlm recipe on the same packed rows."""
     import datasets
-    import torch
     from transformers import (BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer,
                               TrainerCallback, TrainingArguments)
 

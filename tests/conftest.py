@@ -60,6 +60,18 @@ def cli(*args, check=True, timeout=600, env=None, **kwargs) -> subprocess.Comple
     return result
 
 
+def launch(*args, num_gpus: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`deepspeed --num_gpus N --module pretrain_bench ...` with this environment's launcher (whether or
+    not it is on PATH), CPU ranks and a free port."""
+    from pretrain_bench.train.engine import free_port
+
+    launcher = Path(sys.executable).with_name("deepspeed")
+    command = [str(launcher), "--num_gpus", str(num_gpus), "--master_port", str(free_port()),
+               "--module", "pretrain_bench", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env=clean_env(DS_ACCELERATOR="cpu"))
+
+
 def read_metrics(run_dir: Path, split: str = "train") -> list[dict]:
     import json
 

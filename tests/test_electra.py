@@ -4,8 +4,6 @@ and two ranks whose exports load with transformers' Auto classes."""
 
 import json
 import math
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,9 +19,8 @@ from pretrain_bench.models.backbone import ModelConfig
 from pretrain_bench.models.electra import generator_dims
 from pretrain_bench.objectives import Corruption, Vocab, get
 from pretrain_bench.objectives.electra import binary_auc, gumbel_argmax
-from pretrain_bench.train.engine import free_port
 from pretrain_bench.train.run import train
-from tests.conftest import REPO, clean_env, read_metrics, tiny_config
+from tests.conftest import REPO, launch, read_metrics, tiny_config
 
 VOCAB = Vocab(size=1000, pad_id=0, cls_id=2, sep_id=3, mask_id=4, unk_id=1, special_ids=(0, 1, 2, 3, 4))
 SMALL_VOCAB = Vocab(size=12, pad_id=0, cls_id=2, sep_id=3, mask_id=4, unk_id=1, special_ids=(0, 1, 2, 3, 4))
@@ -389,12 +386,9 @@ def test_gdes_run_exports_the_generator_table_plus_delta(tmp_path, tiny_override
 @pytest.mark.e2e
 def test_two_ranks_under_the_deepspeed_launcher(tmp_path, tiny_overrides):
     run_dir = tmp_path / "two"
-    command = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
-               "--module", "pretrain_bench", "train", str(REPO / "configs" / "tiny-cpu.yaml"), *tiny_overrides,
-               "objective.name=electra", "train.max_steps=8", "train.log_every=4", "train.eval_at=[1.0]",
-               "train.zero_stage=2", f"run_dir={run_dir}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
-                            env=clean_env(DS_ACCELERATOR="cpu"))
+    result = launch("train", str(REPO / "configs" / "tiny-cpu.yaml"), *tiny_overrides,
+                    "objective.name=electra", "train.max_steps=8", "train.log_every=4", "train.eval_at=[1.0]",
+                    "train.zero_stage=2", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((run_dir / "final" / "pretrain_bench.json").read_text())
     assert info["world_size"] == 2 and info["steps"] == 8 and info["tokens"] == 8 * 2 * 16 * 64

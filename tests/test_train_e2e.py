@@ -14,9 +14,8 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from pretrain_bench import objectives
 from pretrain_bench.models import backbone
 from pretrain_bench.objectives import Vocab
-from pretrain_bench.train.engine import free_port
 from pretrain_bench.train.run import train
-from tests.conftest import REPO, clean_env, cli, read_metrics, tiny_config
+from tests.conftest import REPO, clean_env, cli, launch, read_metrics, tiny_config
 
 pytestmark = pytest.mark.e2e
 
@@ -95,12 +94,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_overrides):
 
 def test_two_ranks_zero2_under_the_deepspeed_launcher(tmp_path, tiny_overrides):
     run_dir = tmp_path / "two"
-    launcher = Path(sys.executable).with_name("deepspeed")  # this environment's, whether or not it is on PATH
-    command = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()),
-               "--module", "pretrain_bench", "train", str(REPO / "configs" / "tiny-cpu.yaml"), *tiny_overrides,
-               "train.max_steps=20", "train.zero_stage=2", f"run_dir={run_dir}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
-                            env=clean_env(DS_ACCELERATOR="cpu"))
+    result = launch("train", str(REPO / "configs" / "tiny-cpu.yaml"), *tiny_overrides,
+                    "train.max_steps=20", "train.zero_stage=2", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((run_dir / "final" / "pretrain_bench.json").read_text())
     assert info["world_size"] == 2 and info["steps"] == 20
