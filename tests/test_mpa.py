@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from data_prep.cooccur import CooccurrenceConfig, build_table
 from pretrain_bench import config, objectives
@@ -17,6 +18,7 @@ from pretrain_bench.models import backbone
 from pretrain_bench.models.backbone import ModelConfig
 from pretrain_bench.models.guided_attention import HYBRID, log_rows
 from pretrain_bench.objectives import Vocab
+from pretrain_bench.objectives.mlm import MLM
 from pretrain_bench.objectives.mpa import MPAConfig, guided_heads
 from tests.conftest import clean_env, read_metrics, tiny_config
 
@@ -119,6 +121,29 @@ def test_artifacts_packing_and_corruption_come_from_the_base(tmp_path):
     ours = objective.corrupt({"input_ids": ids}, torch.Generator().manual_seed(3))
     theirs = objective.base.corrupt({"input_ids": ids}, torch.Generator().manual_seed(3))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+class WithoutModel(MLM):
+    """A user's objective whose module keeps its transformers model out of sight (MPA cannot wrap it)."""
+
+    summary = "test plug-in: MLM whose module has no `.model`"
+
+    def build(self, model):
+        return nn.ModuleList([super().build(model)])
+
+
+def test_wraps_a_users_mlm_family_objective_and_refuses_one_without_a_model(tmp_path):
+    plugin = "tests.plugins.shuffle_objective:Shuffled"
+    objective = mpa_objective(tmp_path, base=plugin, guided_heads=[[1, 0]])
+    ids = batch_with_padding()
+    ours = objective.corrupt({"input_ids": ids}, torch.Generator().manual_seed(3))
+    theirs = objectives.get(plugin)(objective.config.base_config, VOCAB, {}).corrupt(
+        {"input_ids": ids}, torch.Generator().manual_seed(3))
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    out = objective.build(TINY)(**ours)
+    assert out["mpa_triggers"] > 0 and torch.isfinite(out["loss"])
+    with pytest.raises(UserError, match="objective.base 'tests.test_mpa:WithoutModel': MPA guides the transformers"):
+        mpa_objective(tmp_path, base="tests.test_mpa:WithoutModel").build(TINY)
 
 
 # --- attention ----------------------------------------------------------------------------------
