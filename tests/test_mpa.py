@@ -62,7 +62,7 @@ def batch_with_padding(rows: int = 6, length: int = 20, seed: int = 0, objective
 
 def load(tmp_path, text, *overrides):
     path = tmp_path / "c.yaml"
-    path.write_text("run_dir: r\n" + text)
+    path.write_text("run_dir: r\ntrain:\n  max_steps: 10\n" + text)
     return config.load(path, list(overrides))
 
 
