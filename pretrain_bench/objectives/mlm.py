@@ -53,10 +53,14 @@ class MLM(Objective):
             counts = masking.exact_k_counts(ids, self.vocab, m.rate, cap)
         return masking.select_tokens(masking.candidates(ids, self.vocab), counts, m.rate, generator)
 
+    def replace(self, batch: dict[str, torch.Tensor], selected: torch.Tensor, generator: torch.Generator):
+        """(corrupted ids, corruption type per position): BERT's 80/10/10, drawn per token."""
+        return masking.replace(batch["input_ids"], selected, self.vocab, self.config.masking, generator)
+
     def corrupt(self, batch, generator):
         ids = batch["input_ids"]
         selected = self.select(batch, generator)
-        corrupted, kinds = masking.replace(ids, selected, self.vocab, self.config.masking, generator)
+        corrupted, kinds = self.replace(batch, selected, generator)
         return {"input_ids": corrupted, "attention_mask": (ids != self.vocab.pad_id).long(),
                 "labels": masking.labels_for(ids, selected), "corruption_type": kinds}
 

@@ -8,17 +8,15 @@ word. The model, the loss and the export are the MLM ones.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from pretrain_bench.models import backbone
 from pretrain_bench.objectives import masking, register, word_masking
-from pretrain_bench.objectives.base import Objective, ObjectiveConfig
+from pretrain_bench.objectives.base import ObjectiveConfig
 from pretrain_bench.objectives.masking import MaskingConfig
-from pretrain_bench.objectives.mlm import MaskedLM
+from pretrain_bench.objectives.mlm import MLM
 
 
 class WWMConfig(ObjectiveConfig):
@@ -30,7 +28,7 @@ class WWMConfig(ObjectiveConfig):
 
 
 @register("wwm")
-class WholeWordMasking(Objective):
+class WholeWordMasking(MLM):
     """MLM over whole words: exact-k fill over shuffled words (Google) or one Bernoulli draw per word."""
 
     Config = WWMConfig
@@ -53,22 +51,10 @@ class WholeWordMasking(Objective):
             taken = word_masking.fill_in_random_order(starts, word_masking.sizes(starts, cand), noise, budget)
         return word_masking.spread(taken, starts, cand)
 
-    def corrupt(self, batch, generator):
-        ids = batch["input_ids"]
-        selected = self.select(batch, generator)
+    def replace(self, batch, selected, generator):
         if self.config.replacement_granularity == "token":
-            corrupted, kinds = masking.replace(ids, selected, self.vocab, self.config.masking, generator)
-        else:
-            _, starts = word_masking.unit_starts(ids, batch["word_start"], self.vocab)
-            per_word = torch.rand(ids.shape, generator=generator).gather(1, word_masking.owner(starts))
-            corrupted, kinds = masking.replace_by_draw(ids, selected, per_word, self.vocab, self.config.masking,
-                                                       generator)
-        return {"input_ids": corrupted, "attention_mask": (ids != self.vocab.pad_id).long(),
-                "labels": masking.labels_for(ids, selected), "corruption_type": kinds}
-
-    def build(self, model):
-        return MaskedLM(backbone.build_mlm_model(model, self.vocab), model)
-
-    def export(self, module, folder: Path):
-        module.model.save_pretrained(folder)
-        return [folder]
+            return super().replace(batch, selected, generator)
+        ids = batch["input_ids"]
+        _, starts = word_masking.unit_starts(ids, batch["word_start"], self.vocab)
+        per_word = torch.rand(ids.shape, generator=generator).gather(1, word_masking.owner(starts))
+        return masking.replace_by_draw(ids, selected, per_word, self.vocab, self.config.masking, generator)
