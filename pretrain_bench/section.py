@@ -53,7 +53,7 @@ def validation_error(err: pydantic.ValidationError, root: type[BaseModel], sourc
         origin = f"command-line override '{dotted}={overrides[dotted]}'" if dotted in overrides else source
         if e["type"] == "extra_forbidden":
             # a section that validates part of itself with another Config (MPA's base keys) names them in ctx
-            hint = closest(loc[-1], known_keys(root, loc) or e.get("ctx", {}).get("known_keys", ()))
+            hint = closest(loc[-1], [*known_keys(root, loc), *e.get("ctx", {}).get("known_keys", ())])
             problems.append(f"{origin}: unknown key '{dotted}'{hint}; remove or rename it")
         elif e["type"] == "missing":
             problems.append(f"{origin}: '{dotted}' is required; add it")
