@@ -38,13 +38,15 @@ def random_table(seed: int = 0, partners_per_token: int = 10) -> tuple[np.ndarra
     return partners.astype(np.int32), scores
 
 
-def mpa_objective(tmp_path, table=None, base: str = "mlm", vocab: Vocab = VOCAB, **settings):
+def mpa_objective(tmp_path, table=None, base: str = "mlm", vocab: Vocab = VOCAB, base_keys: dict | None = None,
+                  **settings):
     partners, scores = table if table is not None else random_table()
     folder = tmp_path / "cooccurrence"
     folder.mkdir(exist_ok=True)
     np.save(folder / "partners.npy", partners)
     np.save(folder / "scores.npy", scores)
-    return objectives.get("mpa")(MPAConfig(base=base, mpa=settings), vocab, {"cooccurrence": folder})
+    cfg = MPAConfig.model_validate({"base": base, **(base_keys or {}), "mpa": settings})
+    return objectives.get("mpa")(cfg, vocab, {"cooccurrence": folder})
 
 
 def batch_with_padding(rows: int = 6, length: int = 20, seed: int = 0, objective=None):
