@@ -84,7 +84,7 @@ def test_errors_name_the_full_key_and_come_together(tmp_path):
     with pytest.raises(UserError) as error:
         load(tmp_path, "objective:\n  name: mpa\n  masking:\n    rat: 0.2\n  mpa:\n    weight: -1\n    targt: kl\n")
     message = str(error.value)
-    assert "unknown key 'objective.masking.rat'" in message
+    assert "unknown key 'objective.masking.rat' (did you mean 'rate'?)" in message
     assert "'objective.mpa.weight' = -1 is invalid" in message
     assert "unknown key 'objective.mpa.targt' (did you mean 'target'?)" in message
     with pytest.raises(UserError, match=r"'objective.base' = 'mlmm' is invalid: unknown objective 'mlmm' \(did you mean 'mlm'\?\)"):
@@ -431,3 +431,32 @@ def test_deepspeed_run_logs_harm_metrics_and_exports_like_mlm(tmp_path, tiny_ove
         hidden = backbone.encoder(module.model.eval(), cfg.model)(**batch).last_hidden_state
         ours = backbone.predict(module.model, cfg.model, hidden)
     assert torch.allclose(ours, torch.load(tmp_path / "logits.pt"), atol=1e-5)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("base, exported_as", [("wwm", "BertForMaskedLM"), ("mac", "BertForPreTraining")])
+def test_wwm_and_mac_as_bases_train_and_export_like_themselves(tmp_path, tiny_overrides, base, exported_as):
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+
+    from pretrain_bench.train.run import train
+
+    cfg = tiny_config(tiny_overrides, tmp_path / base, "objective.name=mpa", f"objective.base={base}",
+                      "objective.mpa.cooccurrence.min_count=2", "train.max_steps=20", "train.log_every=5",
+                      "train.lr=2e-3", "train.eval_at=[1.0]", "train.threads=1")
+    assert type(cfg.objective.base_config) is objectives.get(base).Config
+    assert objectives.get("mpa").packing(cfg.objective) == ("segment_pairs" if base == "mac" else "concat")
+    summary = train(cfg)
+    lines = read_metrics(cfg.run_dir)
+    assert summary["steps"] == 20 and lines[-1]["loss"] < lines[0]["loss"] - 0.5
+    own = ("sop_loss", "similar_hit_rate") if base == "mac" else ("mlm_acc_mask",)
+    for key in ("mpa_loss", "mpa_triggers", "mpa_harm_guided", "mpa_harm_unguided", *own):
+        assert all(line[key] is not None for line in lines), key
+    final = Path(cfg.run_dir) / "final"
+    assert json.loads((final / "pretrain_bench.json").read_text())["objective"] == "mpa"
+    exported = (AutoModelForPreTraining if base == "mac" else AutoModelForMaskedLM).from_pretrained(final)
+    assert type(exported).__name__ == exported_as and HYBRID not in (final / "config.json").read_text()
+    checkpoint = sorted((Path(cfg.run_dir) / "checkpoints").glob("step*"))[-1]
+    state = torch.load(checkpoint / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    weights = exported.state_dict()
+    assert {k.removeprefix("base.model.") for k in state} == set(weights)
+    assert all(torch.equal(value, weights[key.removeprefix("base.model.")]) for key, value in state.items())
