@@ -15,7 +15,8 @@ from pretrain_bench.errors import UserError
 from pretrain_bench.models.guided_attention import HYBRID
 from pretrain_bench.train.run import train
 from tests.conftest import read_metrics, tiny_config
-from tests.test_mpa import TINY, VOCAB, batch_with_padding, guided_parameters, mpa_objective, random_table
+from tests.test_mpa import (TINY, VOCAB, batch_with_padding, guided_parameters, mpa_objective, planted_mass_on_partner,
+                             random_table)
 
 
 def electra_mpa(tmp_path, **settings):
@@ -187,3 +188,17 @@ def test_deepspeed_run_logs_harm_metrics_and_exports_like_electra(tmp_path, tiny
     with torch.no_grad():
         assert discriminator(**ids).logits.shape == ids["input_ids"].shape
         assert classifier(**ids).logits.shape == (1, 2)
+
+
+def test_planted_pair_mpa_lowers_the_discriminators_mass_on_the_partner(tmp_path):
+    """test_mpa's planted pair (5 and 6 only occur together) with ELECTRA: the generator's mis-predictions
+    of 5 steer the discriminator's guided heads (all four) away from 6. Unlike the MLM model, the
+    discriminator does not learn to look at 6 by itself (about uniform, 1/32, at lambda = 0)."""
+    def attentions(module, batch):
+        out = module.base(**batch)
+        return eager_attentions(module, out["_disc_input_ids"], batch["attention_mask"])
+
+    without, with_mpa = (planted_mass_on_partner(tmp_path, weight, steps=80, base="electra", attentions=attentions)
+                         for weight in (0.0, 0.1))
+    assert without > 0.015, without  # not already looking away
+    assert with_mpa < 0.35 * without, (without, with_mpa)
