@@ -191,12 +191,10 @@ class HarmAlerts(nn.Module):
             return rows, positions, out["_predicted"][wrong], wrong.float().mean()
         # A special token has no co-occurrence partners: its misjudgement names no word to look away from.
         words = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
-        replaced = out["_disc_labels"].bool() & words
-        missed = replaced & (out["_disc_logits"] <= 0)
-        if self.settings.trigger == "discriminator":
-            wrong, among = missed | (words & ~replaced & (out["_disc_logits"] > 0)), words
-        else:
-            wrong, among = missed, replaced
+        replaced = out["_disc_labels"].bool()
+        wrong, among = words & ((out["_disc_logits"] > 0) != replaced), words
+        if self.settings.trigger == "discriminator_missed":  # replaced tokens judged original
+            wrong, among = wrong & replaced, words & replaced
         rows, positions = wrong.nonzero(as_tuple=True)
         return rows, positions, input_ids[rows, positions], wrong.sum() / among.sum()
 
