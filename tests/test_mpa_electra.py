@@ -68,18 +68,19 @@ def eager_attentions(module, ids, mask):
 
 
 def reference_triggers(out, trigger: str, ids, mask):
-    """[(row, position, harm word)] written out one position at a time."""
+    """([(row, position, harm word)], how many positions could have triggered), one position at a time."""
     if trigger == "generator":
         return [(b, t, w) for (b, t), w, y in zip(out["_selected"].nonzero().tolist(), out["_predicted"].tolist(),
-                                                   out["_targets"].tolist()) if w != y]
-    found = []
+                                                   out["_targets"].tolist()) if w != y], int(out["_selected"].sum())
+    found, eligible = [], 0
     for b, t in mask.nonzero().tolist():
         word, replaced, says_replaced = int(ids[b, t]), bool(out["_disc_labels"][b, t]), bool(out["_disc_logits"][b, t] > 0)
-        if word in VOCAB.special_ids or says_replaced == replaced:
-            continue
-        if trigger == "discriminator" or replaced:  # discriminator_missed: replaced tokens judged original
+        if word in VOCAB.special_ids or (trigger == "discriminator_missed" and not replaced):
+            continue  # discriminator_missed: only replaced tokens, wrong when judged original
+        eligible += 1
+        if says_replaced != replaced:
             found.append((b, t, word))
-    return found
+    return found, eligible
 
 
 @pytest.mark.parametrize("trigger", ["generator", "discriminator", "discriminator_missed"])
@@ -99,7 +100,7 @@ def test_penalty_and_metrics_match_a_reference_loop_on_the_discriminator(tmp_pat
     attentions = eager_attentions(module, ids, mask)
     table = {(v, int(p)): float(s) for v in range(VOCAB.size) for p, s in zip(partners[v], scores[v]) if p < VOCAB.size}
     found = {"harm_guided": [], "harm_unguided": [], "nonword_guided": [], "nonword_unguided": []}
-    triggers = reference_triggers(out, trigger, ids, mask)
+    triggers, eligible = reference_triggers(out, trigger, ids, mask)
     for b, t, word in triggers:
         score = torch.tensor([0.0 if j == t else table.get((word, int(ids[b, j])), 0.0) for j in range(ids.shape[1])])
         is_word = torch.tensor([j != t and int(ids[b, j]) not in VOCAB.special_ids for j in range(ids.shape[1])])
@@ -110,6 +111,7 @@ def test_penalty_and_metrics_match_a_reference_loop_on_the_discriminator(tmp_pat
                 found[f"harm_{kind}"].append((row * is_word / (row * is_word).sum() * score).sum())
                 found[f"nonword_{kind}"].append(1 - (row * is_word).sum())
     assert out["mpa_triggers"].item() == len(triggers) > 15
+    assert out["mpa_mispredict_rate"].item() == pytest.approx(len(triggers) / eligible)
     for name, values in found.items():
         assert out[f"mpa_{name}"].item() == pytest.approx(torch.stack(values).mean().item(), rel=1e-5), name
     base_loss = out["gen_loss"] + 50 * out["disc_loss"]
