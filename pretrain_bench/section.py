@@ -33,7 +33,7 @@ def _unwrap(annotation: Any) -> Any:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _siblings(root: type[BaseModel], loc: tuple) -> list[str]:
+def known_keys(root: type[BaseModel], loc: tuple) -> list[str]:
     """Valid key names at the level of `loc[-1]`, for did-you-mean suggestions."""
     cls: Any = root
     for part in loc[:-1]:
@@ -52,7 +52,8 @@ def validation_error(err: pydantic.ValidationError, root: type[BaseModel], sourc
         dotted = ".".join(loc)
         origin = f"command-line override '{dotted}={overrides[dotted]}'" if dotted in overrides else source
         if e["type"] == "extra_forbidden":
-            hint = closest(loc[-1], _siblings(root, loc))
+            # a section that validates part of itself with another Config (MPA's base keys) names them in ctx
+            hint = closest(loc[-1], [*known_keys(root, loc), *e.get("ctx", {}).get("known_keys", ())])
             problems.append(f"{origin}: unknown key '{dotted}'{hint}; remove or rename it")
         elif e["type"] == "missing":
             problems.append(f"{origin}: '{dotted}' is required; add it")

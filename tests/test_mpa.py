@@ -38,13 +38,15 @@ def random_table(seed: int = 0, partners_per_token: int = 10) -> tuple[np.ndarra
     return partners.astype(np.int32), scores
 
 
-def mpa_objective(tmp_path, table=None, base: str = "mlm", vocab: Vocab = VOCAB, **settings):
+def mpa_objective(tmp_path, table=None, base: str = "mlm", vocab: Vocab = VOCAB, base_keys: dict | None = None,
+                  **settings):
     partners, scores = table if table is not None else random_table()
     folder = tmp_path / "cooccurrence"
     folder.mkdir(exist_ok=True)
     np.save(folder / "partners.npy", partners)
     np.save(folder / "scores.npy", scores)
-    return objectives.get("mpa")(MPAConfig(base=base, mpa=settings), vocab, {"cooccurrence": folder})
+    cfg = MPAConfig.model_validate({"base": base, **(base_keys or {}), "mpa": settings})
+    return objectives.get("mpa")(cfg, vocab, {"cooccurrence": folder})
 
 
 def batch_with_padding(rows: int = 6, length: int = 20, seed: int = 0, objective=None):
@@ -82,7 +84,7 @@ def test_errors_name_the_full_key_and_come_together(tmp_path):
     with pytest.raises(UserError) as error:
         load(tmp_path, "objective:\n  name: mpa\n  masking:\n    rat: 0.2\n  mpa:\n    weight: -1\n    targt: kl\n")
     message = str(error.value)
-    assert "unknown key 'objective.masking.rat'" in message
+    assert "unknown key 'objective.masking.rat' (did you mean 'rate'?)" in message
     assert "'objective.mpa.weight' = -1 is invalid" in message
     assert "unknown key 'objective.mpa.targt' (did you mean 'target'?)" in message
     with pytest.raises(UserError, match=r"'objective.base' = 'mlmm' is invalid: unknown objective 'mlmm' \(did you mean 'mlm'\?\)"):
@@ -351,41 +353,45 @@ def planted_rows(count: int, vocab: Vocab, seed: int, copies: int = 3):
     return ids, planted, places[:, 0]
 
 
+PLANTED_VOCAB = Vocab(size=200, pad_id=0, cls_id=2, sep_id=3, mask_id=4, unk_id=1, special_ids=(0, 1, 2, 3, 4))
+
+
+def planted_mass_on_partner(tmp_path, weight: float, steps: int, base: str = "mlm", attentions=None) -> float:
+    """Train a tiny model with all four heads guided on planted rows (in-process AdamW, one thread), then
+    the mean attention that the masked positions of held-out planted rows give to the partner token 6.
+    `attentions(module, batch)` gives the guided network's eager attention (default: the MLM model's)."""
+    torch.set_num_threads(1)
+    train_ids, _, _ = planted_rows(20000, PLANTED_VOCAB, seed=0)
+    table = build_table(train_ids.numpy(), PLANTED_VOCAB.size, PLANTED_VOCAB.special_ids, CooccurrenceConfig(top_k=8))
+    assert table["partners"][5, 0] == 6 and table["scores"][5, 0] == pytest.approx(1.0)
+    objective = mpa_objective(tmp_path, (table["partners"], table["scores"]), base=base, vocab=PLANTED_VOCAB,
+                              weight=weight, guided_heads=[[0, 0], [0, 1], [1, 0], [1, 1]])
+    torch.manual_seed(0)
+    module = objective.build(TINY)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        batch = objective.corrupt({"input_ids": train_ids[torch.randint(0, len(train_ids), (32,), generator=g)]}, g)
+        optimizer.zero_grad()
+        module(**batch)["loss"].backward()
+        optimizer.step()
+    eval_ids, planted, partner_at = planted_rows(1000, PLANTED_VOCAB, seed=1)
+    batch = objective.corrupt({"input_ids": eval_ids}, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        found = attentions(module.eval(), batch) if attentions else twin(module.eval(), TINY, "eager", PLANTED_VOCAB)(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True).attentions
+    rows, queries = ((batch["labels"] >= 0) & planted[:, None]).nonzero(as_tuple=True)
+    keep = queries != partner_at[rows]
+    rows, queries = rows[keep], queries[keep]
+    return torch.stack([a[rows, :, queries, partner_at[rows]] for a in found]).mean().item()
+
+
 def test_planted_pair_mpa_lowers_the_guided_heads_mass_on_the_partner(tmp_path):
     """Tokens 5 and 6 only occur together, so a model that sees 6 is tempted to predict 5 at every
     masked position of the row: a mis-prediction whose co-occurring key is 6. Without MPA the heads
     learn to look at 6; with it (default weight 0.1) the guided heads look away. All four heads of the
     tiny model are guided, so the model cannot simply route the look through an unguided one."""
-    torch.set_num_threads(1)
-    vocab = Vocab(size=200, pad_id=0, cls_id=2, sep_id=3, mask_id=4, unk_id=1, special_ids=(0, 1, 2, 3, 4))
-    train_ids, _, _ = planted_rows(20000, vocab, seed=0)
-    table = build_table(train_ids.numpy(), vocab.size, vocab.special_ids, CooccurrenceConfig(top_k=8))
-    assert table["partners"][5, 0] == 6 and table["scores"][5, 0] == pytest.approx(1.0)
-    eval_ids, planted, partner_at = planted_rows(1000, vocab, seed=1)
-    heads = [[0, 0], [0, 1], [1, 0], [1, 1]]
-
-    def mass_on_partner(weight: float) -> float:
-        objective = mpa_objective(tmp_path, (table["partners"], table["scores"]), vocab=vocab, weight=weight,
-                                  guided_heads=heads)
-        torch.manual_seed(0)
-        module = objective.build(TINY)
-        optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(150):
-            batch = objective.corrupt({"input_ids": train_ids[torch.randint(0, len(train_ids), (32,), generator=g)]}, g)
-            optimizer.zero_grad()
-            module(**batch)["loss"].backward()
-            optimizer.step()
-        batch = objective.corrupt({"input_ids": eval_ids}, torch.Generator().manual_seed(2))
-        with torch.no_grad():
-            attentions = twin(module.eval(), TINY, "eager", vocab)(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True).attentions
-        rows, queries = ((batch["labels"] >= 0) & planted[:, None]).nonzero(as_tuple=True)
-        keep = queries != partner_at[rows]
-        rows, queries = rows[keep], queries[keep]
-        return torch.stack([a[rows, :, queries, partner_at[rows]] for a in attentions]).mean().item()
-
-    without, with_mpa = mass_on_partner(0.0), mass_on_partner(0.1)
+    without, with_mpa = (planted_mass_on_partner(tmp_path, weight, steps=150) for weight in (0.0, 0.1))
     assert without > 0.08  # 1/32 would be uniform: the baseline learnt to look at the partner
     assert with_mpa < 0.5 * without, (without, with_mpa)
 
@@ -429,3 +435,32 @@ def test_deepspeed_run_logs_harm_metrics_and_exports_like_mlm(tmp_path, tiny_ove
         hidden = backbone.encoder(module.model.eval(), cfg.model)(**batch).last_hidden_state
         ours = backbone.predict(module.model, cfg.model, hidden)
     assert torch.allclose(ours, torch.load(tmp_path / "logits.pt"), atol=1e-5)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("base, exported_as", [("wwm", "BertForMaskedLM"), ("mac", "BertForPreTraining")])
+def test_wwm_and_mac_as_bases_train_and_export_like_themselves(tmp_path, tiny_overrides, base, exported_as):
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+
+    from pretrain_bench.train.run import train
+
+    cfg = tiny_config(tiny_overrides, tmp_path / base, "objective.name=mpa", f"objective.base={base}",
+                      "objective.mpa.cooccurrence.min_count=2", "train.max_steps=20", "train.log_every=5",
+                      "train.lr=2e-3", "train.eval_at=[1.0]", "train.threads=1")
+    assert type(cfg.objective.base_config) is objectives.get(base).Config
+    assert objectives.get("mpa").packing(cfg.objective) == ("segment_pairs" if base == "mac" else "concat")
+    summary = train(cfg)
+    lines = read_metrics(cfg.run_dir)
+    assert summary["steps"] == 20 and lines[-1]["loss"] < lines[0]["loss"] - 0.5
+    own = ("sop_loss", "similar_hit_rate") if base == "mac" else ("mlm_acc_mask",)
+    for key in ("mpa_loss", "mpa_triggers", "mpa_harm_guided", "mpa_harm_unguided", *own):
+        assert all(line[key] is not None for line in lines), key
+    final = Path(cfg.run_dir) / "final"
+    assert json.loads((final / "pretrain_bench.json").read_text())["objective"] == "mpa"
+    exported = (AutoModelForPreTraining if base == "mac" else AutoModelForMaskedLM).from_pretrained(final)
+    assert type(exported).__name__ == exported_as and HYBRID not in (final / "config.json").read_text()
+    checkpoint = sorted((Path(cfg.run_dir) / "checkpoints").glob("step*"))[-1]
+    state = torch.load(checkpoint / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    weights = exported.state_dict()
+    assert {k.removeprefix("base.model.") for k in state} == set(weights)
+    assert all(torch.equal(value, weights[key.removeprefix("base.model.")]) for key, value in state.items())

@@ -131,7 +131,7 @@ class ReplacedTokenDetection(nn.Module):
         loss = gen_loss + self.disc_weight * disc_loss
         return {"loss": loss, **metrics, **detection_metrics(disc_loss, disc_logits, replaced, attention_mask),
                 "gen_sampled_acc": (sampled == targets).float().mean(), "_sampled": sampled,
-                "_disc_logits": disc_logits.detach(), "_disc_labels": replaced}
+                "_disc_logits": disc_logits.detach(), "_disc_labels": replaced, "_disc_input_ids": fake}
 
 
 def detection_metrics(loss, logits, replaced, attention_mask) -> dict[str, torch.Tensor]:

@@ -9,6 +9,11 @@ with s the normalized PPMI from the `cooccurrence` artifact (0 for j = t, specia
 non-partners) and a^h the pre-dropout attention row, by default renormalized over the word keys
 (`keys: words`; `keys: all` keeps the whole row, as SPEC §5 writes it). Total loss = base loss +
 weight * L_mpa. Triggers and scores carry no gradient; it reaches only the guided heads' queries/keys.
+
+Over ELECTRA the guided heads are the discriminator's (the network that is kept) and the keys are the
+tokens it sees; triggers are the generator's mis-predictions (ŷ_t as above) or, with
+`trigger: discriminator`, its wrong replaced/original decisions, the harm word then being the token it
+misjudged (docs/objectives/mpa.md, "MPA over ELECTRA").
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ from pretrain_bench import objectives
 from pretrain_bench.errors import UserError
 from pretrain_bench.models.guided_attention import GuidedHeads, log_rows
 from pretrain_bench.objectives.base import Objective, ObjectiveConfig
-from pretrain_bench.section import Section
+from pretrain_bench.section import Section, known_keys
 
-SIDE_OUTPUTS = ("_selected", "_predicted", "_targets")  # what an MLM-family module returns for MPA
+# The base module's side outputs each trigger source reads.
+TRIGGER_OUTPUTS = {"generator": ("_selected", "_predicted", "_targets"),
+                   "discriminator": ("_disc_logits", "_disc_labels"),
+                   "discriminator_missed": ("_disc_logits", "_disc_labels")}
 PER_HEAD = ("harm_guided", "nonword_guided", "harm_unguided", "nonword_unguided")  # metrics averaged over heads
 
 
@@ -47,6 +55,11 @@ class MPASettings(Section):
         "mass", description="mass: minimise the attention mass on co-occurring keys; kl: KL(q || a) towards "
         "q proportional to a.detach() * exp(-kl_beta * score)")
     kl_beta: float = Field(1.0, gt=0, description="how strongly the kl target moves mass off a key of score 1")
+    trigger: Literal["generator", "discriminator", "discriminator_missed"] = Field(
+        "generator", description="which mistakes raise an alert. generator: selected positions whose MLM argmax "
+        "is wrong (the MLM family's model, ELECTRA's generator), the harm word being that argmax; "
+        "discriminator (ELECTRA): every token the discriminator judges wrongly, the harm word being that "
+        "token; discriminator_missed: only replaced tokens judged original")
     cooccurrence: CooccurrenceConfig = Field(default_factory=CooccurrenceConfig)
 
 
@@ -65,7 +78,7 @@ class MPAConfig(ObjectiveConfig):
     them (validated by its own Config), and MPA's settings under `objective.mpa`."""
 
     name: str = "mpa"
-    base: str = Field("mlm", description="the objective MPA wraps (an MLM-family objective)")
+    base: str = Field("mlm", description="the objective MPA wraps: mlm, wwm, mac (the MLM family) or electra")
     mpa: MPASettings = Field(default_factory=MPASettings)
     base_config: SerializeAsAny[ObjectiveConfig] = Field(
         description="the wrapped objective's validated settings (written flat in objective.*, not under this key)")
@@ -83,10 +96,11 @@ class MPAConfig(ObjectiveConfig):
         try:
             base_config = _base_class(str(base)).Config.model_validate(
                 {k: v for k, v in data.items() if k not in own} | {"name": base})
-        except ValueError as e:  # ValidationError is a ValueError too
-            errors += e.errors() if isinstance(e, ValidationError) else [
-                {"type": PydanticCustomError("base_objective", "{reason}", {"reason": str(e)}), "loc": ("base",),
-                 "input": base}]
+        except ValidationError as e:
+            errors += [_with_known_keys(err, _base_class(str(base)).Config) for err in e.errors()]
+        except ValueError as e:
+            errors.append({"type": PydanticCustomError("base_objective", "{reason}", {"reason": str(e)}),
+                           "loc": ("base",), "input": base})
         try:
             validated = handler(own | {"base_config": base_config})
         except ValidationError as e:
@@ -103,6 +117,25 @@ class MPAConfig(ObjectiveConfig):
         return {"name": data["name"], "base": data["base"], **base, "mpa": data["mpa"]}
 
 
+def _with_known_keys(error: dict, base_config: type[Section]) -> dict:
+    """An unknown base key's error that carries the base Config's key names at its level, so the message
+    still says 'did you mean' (the run config's schema has no `objective.masking` to look them up in)."""
+    if error["type"] != "extra_forbidden":
+        return error
+    keys = known_keys(base_config, tuple(error["loc"]))
+    return {**error, "type": PydanticCustomError("extra_forbidden", "Extra inputs are not permitted",
+                                                 {"known_keys": keys})}
+
+
+def guided_network(module: nn.Module) -> nn.Module | None:
+    """The transformers model whose heads MPA guides: ELECTRA's `discriminator` (the network that is kept
+    and fine-tuned; its generator is thrown away) or an MLM-family module's `model`."""
+    for name in ("discriminator", "model"):
+        if isinstance(getattr(module, name, None), nn.Module):
+            return getattr(module, name)
+    return None
+
+
 def guided_heads(settings: MPASettings, model) -> list[tuple[int, int]]:
     """The configured (layer, head) pairs, or the default for this model's shape."""
     if settings.guided_heads is not None:
@@ -113,14 +146,16 @@ def guided_heads(settings: MPASettings, model) -> list[tuple[int, int]]:
 
 
 class HarmAlerts(nn.Module):
-    """An MLM-family module whose guided heads learn from its mis-predictions; `base` is what's exported."""
+    """A base module whose guided heads learn from its mis-predictions; `base` is what's exported."""
 
     def __init__(self, base: nn.Module, heads: list[tuple[int, int]], partners, scores, special_ids,
                  settings: MPASettings):
         super().__init__()
         self.base = base
         self.settings = settings
-        self.guided = GuidedHeads(base.model, heads)
+        network = guided_network(base)
+        self.guides_discriminator = network is getattr(base, "discriminator", None)
+        self.guided = GuidedHeads(network, heads)
         # Rebuilt from the artifact at every start, so not part of checkpoints.
         self.register_buffer("partners", torch.as_tensor(partners, dtype=torch.long), persistent=False)
         self.register_buffer("scores", torch.as_tensor(scores), persistent=False)
@@ -129,11 +164,14 @@ class HarmAlerts(nn.Module):
     def forward(self, **inputs):
         self.guided.take()  # nothing from a call outside this forward may leak in
         out = self.base(**inputs)
-        missing = [k for k in SIDE_OUTPUTS if k not in out]
+        needed = TRIGGER_OUTPUTS[self.settings.trigger] + (("_disc_input_ids",) if self.guides_discriminator else ())
+        missing = [k for k in needed if k not in out]
         if missing:
-            raise UserError(f"objective.base: its module returns no {', '.join(missing)}; MPA wraps objectives "
-                            "that report their selected positions, predictions and targets (the MLM family)")
-        penalty, metrics = self.harm(out, inputs["input_ids"], inputs["attention_mask"], self.guided.take())
+            raise UserError(f"objective.base: its module returns no {', '.join(missing)}; with objective.mpa.trigger "
+                            f"'{self.settings.trigger}' MPA wraps objectives that report them (generator: the MLM "
+                            "family and electra; discriminator: electra)")
+        seen = out["_disc_input_ids"] if self.guides_discriminator else inputs["input_ids"]  # the guided net's input
+        penalty, metrics = self.harm(out, seen, inputs["attention_mask"], self.guided.take())
         loss = out["loss"] + self.settings.weight * penalty if self.settings.weight else out["loss"]
         return {**out, **metrics, "loss": loss}
 
@@ -144,14 +182,29 @@ class HarmAlerts(nn.Module):
         hit = table.gather(1, slot) == keys
         return torch.where(hit, self.scores[words].gather(1, slot).float(), 0.0)
 
+    def triggers(self, out: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """(rows, positions, harm words, mis-prediction rate) of the alerts, in nonzero() order; no gradient.
+        `input_ids` is what the guided network saw."""
+        if self.settings.trigger == "generator":
+            wrong = out["_predicted"] != out["_targets"]
+            rows, positions = (index[wrong] for index in out["_selected"].nonzero(as_tuple=True))
+            return rows, positions, out["_predicted"][wrong], wrong.float().mean()
+        # A special token has no co-occurrence partners: its misjudgement names no word to look away from.
+        words = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
+        replaced = out["_disc_labels"].bool()
+        wrong, among = words & ((out["_disc_logits"] > 0) != replaced), words
+        if self.settings.trigger == "discriminator_missed":  # replaced tokens judged original
+            wrong, among = wrong & replaced, words & replaced
+        rows, positions = wrong.nonzero(as_tuple=True)
+        return rows, positions, input_ids[rows, positions], wrong.sum() / among.sum()
+
     def harm(self, out: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor,
              captured: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(L_mpa, metrics) from the base's side outputs and the guided layers' queries and keys."""
-        wrong = out["_predicted"] != out["_targets"]
-        rows, positions = (index[wrong] for index in out["_selected"].nonzero(as_tuple=True))
-        words = out["_predicted"][wrong]
+        """(L_mpa, metrics) from the base's side outputs and the guided layers' queries and keys;
+        `input_ids` is what the guided network saw."""
+        rows, positions, words, rate = self.triggers(out, input_ids, attention_mask)
         nan = input_ids.new_tensor(float("nan"), dtype=torch.float32)
-        metrics = {"mpa_mispredict_rate": wrong.float().mean() if wrong.numel() else nan,
+        metrics = {"mpa_mispredict_rate": rate.float(),
                    "mpa_triggers": input_ids.new_tensor(float(words.numel()), dtype=torch.float32)}
         if words.numel() == 0:
             zero = nan.new_zeros(())
@@ -245,9 +298,14 @@ class MPA(Objective):
 
     def build(self, model):
         module = self.base.build(model)
-        if not isinstance(getattr(module, "model", None), nn.Module):
-            raise UserError(f"objective.base '{self.config.base}': MPA guides the transformers model an MLM-family "
-                            f"module holds as `.model`, and {type(module).__name__} has none; wrap mlm (or wwm/mac)")
+        if guided_network(module) is None:
+            raise UserError(f"objective.base '{self.config.base}': MPA guides the transformers model a module holds "
+                            f"as `.model` (MLM family) or `.discriminator` (electra), and {type(module).__name__} "
+                            "has neither; wrap mlm, wwm, mac or electra")
+        trigger = self.config.mpa.trigger
+        if trigger != "generator" and not isinstance(getattr(module, "discriminator", None), nn.Module):
+            raise UserError(f"objective.mpa.trigger '{trigger}' needs a base with a discriminator, and "
+                            f"'{self.config.base}' has none; use trigger generator or base electra")
         partners, scores = load_table(Path(self.artifacts["cooccurrence"]))
         return HarmAlerts(module, guided_heads(self.config.mpa, model), partners, scores, self.vocab.special_ids,
                           self.config.mpa)
