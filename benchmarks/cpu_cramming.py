@@ -1,0 +1,124 @@
+"""The CPU cramming study's summary: every `pretrain-bench compare` report given, in one table and two plots
+(pre-training loss against time; downstream score against tokens seen, each beside its random-init floor).
+
+    python benchmarks/cpu_cramming.py runs/study/*/ --out docs/cpu-cramming
+
+Writes <out>/runs.md (one row per pre-trained model: what differs from the first study's config, tokens,
+final losses, the median score and seed range per task, the floor's, the gap) and <out>/*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+FLOOR = "random-init"
+
+
+def flat(value, prefix: str = "") -> dict:
+    if not isinstance(value, dict):
+        return {prefix[:-1]: value}
+    out = {}
+    for key, inner in value.items():
+        out.update(flat(inner, f"{prefix}{key}."))
+    return out
+
+
+def lever(study: dict, reference: dict) -> str:
+    """The settings of this study that differ from the reference study, as key=value."""
+    mine, theirs = flat({k: study[k] for k in ("data", "model", "train", "budget")}), flat(
+        {k: reference[k] for k in ("data", "model", "train", "budget")})
+    return ", ".join(f"{k}={v}" for k, v in mine.items() if theirs.get(k) != v and k != "data.cache_dir") or "reference"
+
+
+def rows(reports: list[tuple[str, dict]]) -> list[dict]:
+    reference = reports[0][1]["study"]
+    out = []
+    for name, results in reports:
+        floor = results["models"].get(FLOOR)
+        for label, entry in results["models"].items():
+            if label == FLOOR:
+                continue
+            run = entry["pretrain"]
+            row = {"study": name, "label": label, "lever": lever(results["study"], reference),
+                   "tokens": run["tokens"], "minutes": run["training_seconds"] / 60, "loss": run["final_loss"],
+                   "eval_loss": run["final_eval_loss"], "curve": run["curve"], "tasks": {}}
+            for task, scores in entry["tasks"].items():
+                base = floor["tasks"][task]["score"] if floor else None
+                row["tasks"][task] = (scores["score"], base)
+            out.append(row)
+    return out
+
+
+def table(all_rows: list[dict]) -> str:
+    tasks = sorted({t for r in all_rows for t in r["tasks"]})
+    head = "| study | objective | differs from the first | tokens | min | loss (train / held-out) | " + " | ".join(
+        f"{t}: ours [range] / floor / gap" for t in tasks) + " |"
+    lines = [head, "|" + "---|" * (6 + len(tasks))]
+    for r in all_rows:
+        cells = []
+        for t in tasks:
+            if t not in r["tasks"]:
+                cells.append("")
+                continue
+            ours, base = r["tasks"][t]
+            text = f"{100 * ours['median']:.1f} [{100 * ours['min']:.1f}, {100 * ours['max']:.1f}]"
+            if base:
+                text += f" / {100 * base['median']:.1f} / {100 * (ours['median'] - base['median']):+.1f}"
+            cells.append(text)
+        lines.append(f"| {r['study']} | {r['label']} | {r['lever']} | {r['tokens']:,} | {r['minutes']:.1f} | "
+                     f"{r['loss']:.2f} / {r['eval_loss']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(all_rows: list[dict], out: Path) -> None:
+    fig, axes = plt.subplots(figsize=(7, 4.5))
+    for r in all_rows:
+        axes.plot([s / 60 for s in r["curve"]["elapsed_s"]], r["curve"]["loss"], label=f"{r['study']}/{r['label']}")
+    axes.set(xlabel="training time (min)", ylabel="training loss", title="pre-training loss against time")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(out / "loss_vs_time.png", dpi=110)
+    plt.close(fig)
+    tasks = sorted({t for r in all_rows for t in r["tasks"]})
+    fig, panels = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for axes, task in zip(panels[0], tasks):
+        for r in (r for r in all_rows if task in r["tasks"]):
+            ours, base = r["tasks"][task]
+            dot = axes.errorbar(r["tokens"], 100 * ours["median"], yerr=[[100 * (ours["median"] - ours["min"])],
+                                [100 * (ours["max"] - ours["median"])]], fmt="o", capsize=3,
+                                label=f"{r['study']}/{r['label']}")
+            if base:
+                axes.scatter(r["tokens"], 100 * base["median"], marker="x", color=dot[0].get_color())
+        axes.set(xscale="log", xlabel="pre-training tokens", ylabel="dev score (x100)",
+                 title=f"{task}: median of seeds (o) and its random-init floor (x)")
+        axes.grid(alpha=0.3)
+    panels[0][-1].legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(out / "score_vs_tokens.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("studies", nargs="+", help="compare run folders (each holds report/results.json)")
+    p.add_argument("--out", default="docs/cpu-cramming", help="folder for runs.md and the plots")
+    args = p.parse_args()
+    reports = [(Path(s).name, json.loads((Path(s) / "report" / "results.json").read_text())) for s in args.studies]
+    all_rows = rows(reports)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs.md").write_text(table(all_rows))
+    plots(all_rows, out)
+    print(table(all_rows))
+
+
+if __name__ == "__main__":
+    main()
