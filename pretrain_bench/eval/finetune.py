@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from tqdm import tqdm
 
 from pretrain_bench.errors import UserError
 from pretrain_bench.eval.metrics import METRICS, task_score
@@ -210,6 +212,8 @@ def finetune_once(folder: Path, tokenizer, task: Task, train: Encoded, evals: di
     total = cfg.epochs * steps_per_epoch
     step, epoch_losses = 0, []
     model.train()
+    bar = tqdm(total=total, desc=f"finetune {task.name} seed {seed} ({init})", unit="step", leave=False,
+               file=sys.stderr, dynamic_ncols=True)
     for _ in range(cfg.epochs):
         order = torch.randperm(len(train), generator=generator).tolist()
         losses = []
@@ -226,7 +230,10 @@ def finetune_once(folder: Path, tokenizer, task: Task, train: Encoded, evals: di
             optimizer.step()
             losses.append(loss.item())
             step += 1
+            bar.update()
+            bar.set_postfix_str(f"loss {losses[-1]:.3f}", refresh=False)
         epoch_losses.append(float(np.mean(losses)))
+    bar.close()
     metrics = evaluate(model, task, evals, pad_id, cfg.eval_batch_size)
     return {"task": task.name, "seed": seed, "init": init, "model": str(folder), "metrics": metrics,
             "score": task_score(metrics), "train_examples": len(train),
