@@ -86,7 +86,8 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     say = (log or (lambda m: print(m, file=sys.stderr, flush=True))) if is_main else (lambda m: None)
     run_dir = Path(cfg.run_dir)
     final_dir = run_dir / "final"
-    rundir.claim(run_dir, cfg.model_dump(mode="json"), resume, overwrite, is_main)
+    if is_main:  # refuse a taken run folder before preparing data; write nothing until the data is verified
+        rundir.check(run_dir, cfg.model_dump(mode="json"), resume, overwrite)
     if resume and (final_dir / EXPORT_INFO).exists():
         say(f"run {run_dir} is already complete; nothing to resume")
         return json.loads((final_dir / EXPORT_INFO).read_text())
@@ -101,6 +102,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     prepared = prepare(cfg.data, objective_cls.packing(cfg.objective), objective_cls.artifacts_needed(cfg.objective), say)
     barrier()
     prepared.verify()
+    rundir.claim(run_dir, cfg.model_dump(mode="json"), resume, overwrite, is_main)
     tokenizer = prepared.tokenizer
     vocab = Vocab.from_tokenizer(tokenizer)
     objective = objective_cls(cfg.objective, vocab, prepared.artifacts)
