@@ -107,6 +107,9 @@ class CheckpointManager:
 
     def load_latest(self) -> tuple[str, dict] | None:
         """Load the newest loadable checkpoint into the engine: (tag, client state), or None if none exist."""
+        if self.is_main and self.folder.is_dir():  # saves a kill interrupted: never complete, never read
+            for stale in self.folder.glob(f"{TMP_PREFIX}*"):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         tags = self.complete_tags()
         pointer = self.folder / "latest"
         if pointer.exists() and pointer.read_text().strip() in tags:  # the pointer names the newest normally

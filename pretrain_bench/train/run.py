@@ -81,7 +81,7 @@ class _nothing:
 def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[], float] = time.monotonic,
           log: Callable[[str], None] | None = None) -> dict:
     """Pre-train per `cfg` (a validated RunConfig); returns the summary also written to final/."""
-    rank, world = init_distributed()
+    rank, world = init_distributed(cfg.train.collective_timeout_s)
     is_main = rank == 0
     say = (log or (lambda m: print(m, file=sys.stderr, flush=True))) if is_main else (lambda m: None)
     run_dir = Path(cfg.run_dir)

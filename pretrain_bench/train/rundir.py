@@ -13,6 +13,7 @@ from pretrain_bench.train.checkpoint import atomic_write_text
 # Keys that may differ on --resume: they change how a run is watched or where it stops, not what it learns.
 RESUMABLE_KEYS = {"train.max_steps", "train.log_every", "train.num_workers", "train.threads",
                   "train.keep_checkpoints", "train.checkpoint_every", "train.checkpoint_every_minutes",
+                  "train.collective_timeout_s",
                   "data.num_proc", "data.cache_dir"}
 RUN_CONTENT = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "tensorboard", "snapshots")
 
