@@ -27,7 +27,7 @@ from pretrain_bench.train.tracker import MetricWindow, Tracker
 # A second signal within this many seconds of the first is the same request: the deepspeed launcher
 # forwards a Ctrl-C or a cluster's SIGTERM to ranks that have already received it from the terminal
 # or the scheduler, and the ranks must still save their checkpoint.
-SAME_SIGNAL_WINDOW_S = 2.0
+SAME_SIGNAL_WINDOW_S = 1.0
 
 
 class TrainConfig(Section):
@@ -168,7 +168,10 @@ class Trainer:
             self.in_window = 0
             self.on_boundary()
             if signalled:
-                self._save()
+                if self.budget.steps > self.logged_step:  # the metrics of the steps since the last line
+                    self.log()
+                if self.budget.steps > self.saved_step:
+                    self._save()
                 raise RunStopped(f"{signalled} received: checkpoint saved at step {self.budget.steps}; "
                                  "continue with --resume", PREEMPTED_EXIT_CODE)
         return self._stop_reason()  # after every micro-batch; a partial window is dropped
