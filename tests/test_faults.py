@@ -313,3 +313,21 @@ def test_a_dead_rank_stops_the_others_and_the_run_resumes(tmp_path, tiny_overrid
     assert f"resumed from {run_dir / 'checkpoints' / saved}" in result.stderr
     info = json.loads((run_dir / "final" / "pretrain_bench.json").read_text())
     assert info["world_size"] == 2 and info["steps"] == 40
+
+
+def test_full_disk_while_exporting_stops_clearly(tmp_path, tiny_overrides, capsys, monkeypatch):
+    """The disk fills after the last checkpoint, while final/ is written: exit 3 naming the intact checkpoint."""
+    from pretrain_bench.train import run
+
+    def export(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "final"))
+
+    monkeypatch.setattr(run, "export", export)
+    run_dir = tmp_path / "run"
+    code = cli.main(["train", str(CONFIG), *tiny_overrides, "train.max_steps=3", "train.eval_at=[1.0]",
+                     f"run_dir={run_dir}"])
+    err = capsys.readouterr().err
+    assert code == 3, err[-3000:]
+    assert err.splitlines()[-1] == (f"pretrain-bench: stopped: disk full writing {run_dir / 'final'} (No space left on "
+                                    f"device); the last checkpoint {run_dir / 'checkpoints' / 'step00000003'} is "
+                                    "intact; free disk space and resume with --resume")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import torch
 from data_prep.prepare import prepare
 from pretrain_bench import objectives
 from pretrain_bench.data import MicroBatches, Rows, loader
-from pretrain_bench.errors import UserError
+from pretrain_bench.errors import RunStopped, UserError
 from pretrain_bench.objectives.base import Objective, Vocab
 from pretrain_bench.train import rundir
 from pretrain_bench.train.budget import Budget
@@ -208,5 +209,12 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
         tracker.message(f"done: {reason}; {budget.steps} steps, {budget.tokens:,} tokens, "
                         f"{budget.training_seconds():.1f}s training, export {summary['export_seconds']:.1f}s -> {final_dir}")
         return summary
+    except OSError as e:  # a full disk while logging or exporting (a failed checkpoint save says so itself)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        saved = checkpoints.complete_tags()
+        kept = f"the last checkpoint {checkpoints.folder / saved[-1]} is intact" if saved else "no checkpoint was saved yet"
+        raise RunStopped(f"disk full writing {e.filename or run_dir} ({e.strerror}); {kept}; free disk space and "
+                         "resume with --resume") from None
     finally:
         tracker.close()
