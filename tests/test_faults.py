@@ -155,11 +155,12 @@ def test_sigterm_checkpoints_at_the_next_step_exits_75_and_resumes_exactly(tmp_p
 
 
 def test_second_signal_exits_at_once_and_keeps_the_last_checkpoint(tmp_path, tiny_overrides):
-    """Ctrl-C twice: the first asks for a checkpoint at the next step (here 150 micro-batches of 64 rows
-    away), the second leaves at once; the checkpoint from before is untouched."""
+    """Ctrl-C twice: the first asks for a checkpoint at the next step (here up to 150 micro-batches of 64
+    rows away), the second leaves at once; the checkpoint from before is untouched."""
     run_dir = tmp_path / "run"
     process = start([*tiny_overrides, "train.max_steps=2", "train.checkpoint_every=1", "train.log_every=1",
-                     "train.eval_at=[1.0]", "train.micro_batch_size=64", "train.grad_accum_steps=150"], run_dir)
+                     "train.eval_at=[1.0]", "train.micro_batch_size=64", "train.grad_accum_steps=150",
+                     "budget.batch_size_ramp=0.5"], run_dir)  # step 1: one micro-batch; step 2: all 150
     wait_for(process, lambda: (run_dir / "checkpoints" / "step00000001").exists(), "the first checkpoint")
     process.send_signal(signal.SIGINT)
     time.sleep(1.5)  # past the window in which a duplicate (a launcher forwarding the same signal) is ignored
@@ -186,6 +187,7 @@ def test_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path, tiny_o
     assert (f"checkpoint {newest.parent} is unusable (mp_rank_00_model_states.pt does not match its checksum); "
             "trying the previous one") in err
     assert f"resumed from {run_dir / 'checkpoints' / 'step00000040'} (step 40" in err
+    assert f"moved it to {newest.parent.with_name('.unusable-step00000060')}" in err
     assert_same_run(run_dir, reference)
 
 
@@ -283,6 +285,7 @@ def test_full_disk_in_process(tmp_path, tiny_overrides, capsys, monkeypatch):
     assert code == 3, err[-3000:]
     folder = run_dir / "checkpoints"
     assert (f"saving checkpoint step00000004 failed (OSError: [Errno 28] No space left on device" in err
+            and f"MiB free in {run_dir / 'checkpoints'})" in err
             and f"the previous checkpoint {folder / 'step00000002'} is intact" in err), err[-2000:]
     assert checkpoints(run_dir).complete_tags() == ["step00000002"]
     assert not list(folder.glob(f"{TMP_PREFIX}*"))

@@ -82,13 +82,13 @@ class _nothing:
 def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[], float] = time.monotonic,
           log: Callable[[str], None] | None = None) -> dict:
     """Pre-train per `cfg` (a validated RunConfig); returns the summary also written to final/."""
+    run_dir = Path(cfg.run_dir)
+    final_dir = run_dir / "final"
+    if os.environ.get("RANK", "0") == "0":  # refuse a taken run folder before any start-up or data work;
+        rundir.check(run_dir, cfg.model_dump(mode="json"), resume, overwrite)  # write nothing until verified
     rank, world = init_distributed(cfg.train.collective_timeout_s)
     is_main = rank == 0
     say = (log or (lambda m: print(m, file=sys.stderr, flush=True))) if is_main else (lambda m: None)
-    run_dir = Path(cfg.run_dir)
-    final_dir = run_dir / "final"
-    if is_main:  # refuse a taken run folder before preparing data; write nothing until the data is verified
-        rundir.check(run_dir, cfg.model_dump(mode="json"), resume, overwrite)
     if resume and (final_dir / EXPORT_INFO).exists():
         say(f"run {run_dir} is already complete; nothing to resume")
         return json.loads((final_dir / EXPORT_INFO).read_text())
