@@ -89,7 +89,10 @@ class Prepared:
         return self.manifest["splits"][split]["shards"]
 
     def verify(self) -> None:
-        """Every shard file against the manifest's checksum; a bad one is named."""
+        """The tokenizer and every shard file against the manifest; a bad one is named."""
+        if tokenizers_.fingerprint(self.tokenizer) != self.manifest["tokenizer_hash"]:
+            raise UserError(f"{self.root / 'tokenizer'}: the tokenizer does not match the shards (its fingerprint "
+                            f"differs from manifest.json); delete {self.root} and run prepare again")
         for split in self.manifest["splits"].values():
             for shard in split["shards"]:
                 for entry in shard["files"].values():

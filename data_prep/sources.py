@@ -51,8 +51,11 @@ def check(spec: str, field: str = "data.path") -> None:
     if not path.exists():
         raise UserError(f"{field}: '{spec}' does not exist; give a text file or folder, '{BUILTIN}', "
                         f"or '{HUB_PREFIX}<dataset name>'")
-    if not files_of(path):
+    files = files_of(path)
+    if not files:
         raise UserError(f"{field}: '{spec}' holds no {'/'.join(SUFFIXES)} files; point it at the corpus")
+    if all(p.stat().st_size == 0 for p in files):
+        raise UserError(f"{field}: '{spec}' is empty (every corpus file has 0 bytes); point it at the corpus")
 
 
 def read_documents(spec: str, text_field: str, txt_documents: str, encoding_errors: str,

@@ -103,7 +103,10 @@ class MicroBatches(Dataset):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    # Ctrl-C and a cluster's SIGTERM reach the whole process group: they are the main process's to handle
+    # (it checkpoints, then ends its workers); a worker that died of them would crash the loop instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def loader(batches: MicroBatches, start: int, num_workers: int, pin_memory: bool) -> DataLoader:

@@ -28,7 +28,7 @@ def corpus_file(tmp_path_factory) -> Path:
     return corpus.write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", 3000)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_overrides(corpus_file, cache_dir):
     """Overrides that turn configs/tiny-cpu.yaml into a seconds-long run on the generated corpus."""
     return [f"data.path={corpus_file}", f"data.cache_dir={cache_dir}", "data.tokenizer.vocab_size=400",

@@ -20,6 +20,7 @@ from pretrain_bench.errors import RunStopped
 
 MANIFEST = "checkpoint.json"
 TMP_PREFIX = ".tmp-"
+UNUSABLE_PREFIX = ".unusable-"  # a checkpoint that failed to load, kept for inspection, never loaded again
 
 
 def _fsync_dir(path: Path) -> None:
@@ -51,7 +52,7 @@ class CheckpointManager:
         if not self.folder.is_dir():
             return []
         return sorted(p.name for p in self.folder.iterdir()
-                      if p.is_dir() and not p.name.startswith(TMP_PREFIX) and (p / MANIFEST).exists())
+                      if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).exists())
 
     def save(self, tag: str, client_state: dict, protected: set[str] = frozenset()) -> Path:
         """Save on all ranks; returns the final folder. Older checkpoints beyond `keep` are removed,
@@ -79,8 +80,10 @@ class CheckpointManager:
                 shutil.rmtree(tmp, ignore_errors=True)
             previous = [t for t in self.complete_tags() if t != tag]
             kept = f"the previous checkpoint {self.folder / previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-            raise RunStopped(f"saving checkpoint {tag} failed ({e.__class__.__name__}: {e}); {kept}; "
-                             "free disk space and resume with --resume") from None
+            # torch's zip writer reports a full disk as an opaque position mismatch: say how much space is left
+            free = shutil.disk_usage(self.folder).free / 2**20 if self.folder.is_dir() else float("nan")
+            raise RunStopped(f"saving checkpoint {tag} failed ({e.__class__.__name__}: {e}; {free:.1f} MiB free in "
+                             f"{self.folder}); {kept}; free disk space and resume with --resume") from None
         self.barrier()
         return final
 
@@ -107,20 +110,33 @@ class CheckpointManager:
 
     def load_latest(self) -> tuple[str, dict] | None:
         """Load the newest loadable checkpoint into the engine: (tag, client state), or None if none exist."""
+        if self.is_main and self.folder.is_dir():  # saves a kill interrupted: never complete, never read
+            for stale in self.folder.glob(f"{TMP_PREFIX}*"):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         tags = self.complete_tags()
         pointer = self.folder / "latest"
         if pointer.exists() and pointer.read_text().strip() in tags:  # the pointer names the newest normally
             tags.remove(latest := pointer.read_text().strip())
             tags.append(latest)
+        loaded, unusable = None, []
         for tag in reversed(tags):
             problem = self.verify(tag)
             if problem is None:
                 try:
                     path, client_state = self.engine.load_checkpoint(str(self.folder), tag=tag)
                     if path is not None:
-                        return tag, client_state
+                        loaded = tag, client_state
+                        break
                     problem = "DeepSpeed could not load it"
                 except Exception as e:  # a corrupt file surfaces as any error from torch.load
                     problem = f"{e.__class__.__name__}: {e}"
             self.log(f"checkpoint {self.folder / tag} is unusable ({problem}); trying the previous one")
-        return None
+            unusable.append(tag)
+        self.barrier()  # every rank has read its files before rank 0 moves any
+        if self.is_main:  # aside, so that rotation never keeps a bad checkpoint in place of a good one
+            for tag in unusable:
+                aside = self.folder / f"{UNUSABLE_PREFIX}{tag}"
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(self.folder / tag, aside)
+                self.log(f"moved it to {aside}; delete it once inspected")
+        return loaded

@@ -11,9 +11,10 @@ from torch import nn
 SINGLE_PROCESS_ENV = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
 
 
-def init_distributed() -> tuple[int, int]:
+def init_distributed(timeout_s: float | None = None) -> tuple[int, int]:
     """(rank, world size). Outside the `deepspeed` launcher, give this process the rendezvous variables
-    of a one-rank job (otherwise DeepSpeed looks for MPI) and a free port."""
+    of a one-rank job (otherwise DeepSpeed looks for MPI) and a free port. `timeout_s` bounds every
+    collective: a rank whose peer died fails after it instead of DeepSpeed's default."""
     if "WORLD_SIZE" not in os.environ:
         for key, value in SINGLE_PROCESS_ENV.items():
             os.environ.setdefault(key, value)
@@ -23,7 +24,12 @@ def init_distributed() -> tuple[int, int]:
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    deepspeed.init_distributed(dist_backend=None, verbose=False)
+    from datetime import timedelta
+
+    from deepspeed.constants import default_pg_timeout
+
+    timeout = default_pg_timeout if timeout_s is None else timedelta(seconds=timeout_s)
+    deepspeed.init_distributed(dist_backend=None, verbose=False, timeout=timeout)
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 

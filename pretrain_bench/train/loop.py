@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -22,6 +23,11 @@ from pretrain_bench.section import Section
 from pretrain_bench.train.budget import Budget
 from pretrain_bench.train.schedules import ScheduleConfig, lr_factor
 from pretrain_bench.train.tracker import MetricWindow, Tracker
+
+# A second signal within this many seconds of the first is the same request: the deepspeed launcher
+# forwards a Ctrl-C or a cluster's SIGTERM to ranks that have already received it from the terminal
+# or the scheduler, and the ranks must still save their checkpoint.
+SAME_SIGNAL_WINDOW_S = 1.0
 
 
 class TrainConfig(Section):
@@ -50,6 +56,8 @@ class TrainConfig(Section):
     checkpoint_every_minutes: float | None = Field(30.0, gt=0, description="engine checkpoint every N minutes of training")
     keep_checkpoints: int = Field(2, ge=1, description="engine checkpoints kept (oldest removed first)")
     max_nonfinite_steps: int = Field(5, ge=1, description="non-finite steps in a row that end the run")
+    collective_timeout_s: float = Field(600.0, gt=0, description="how long a rank waits in a collective for the "
+                                        "others before it fails (multi-rank runs; the launcher then stops all)")
     peak_flops: float | None = Field(None, gt=0, description="MFU denominator in FLOP/s (default: measured)")
     deepspeed: dict = Field({}, description="extra DeepSpeed config keys, merged last")
 
@@ -160,7 +168,10 @@ class Trainer:
             self.in_window = 0
             self.on_boundary()
             if signalled:
-                self._save()
+                if self.budget.steps > self.logged_step:  # the metrics of the steps since the last line
+                    self.log()
+                if self.budget.steps > self.saved_step:
+                    self._save()
                 raise RunStopped(f"{signalled} received: checkpoint saved at step {self.budget.steps}; "
                                  "continue with --resume", PREEMPTED_EXIT_CODE)
         return self._stop_reason()  # after every micro-batch; a partial window is dropped
@@ -275,10 +286,15 @@ class Trainer:
     @contextmanager
     def _signals(self):
         """First SIGTERM/SIGINT: checkpoint at the next step boundary and exit 75. Second: exit now."""
+        first_at = 0.0
 
         def handler(signum, _frame):
+            nonlocal first_at
             if self.signal_name is not None:
-                os._exit(128 + signum)
+                if time.monotonic() - first_at > SAME_SIGNAL_WINDOW_S:
+                    os._exit(128 + signum)
+                return
+            first_at = time.monotonic()
             self.signal_name = signal.Signals(signum).name
             self.tracker.message(f"{self.signal_name}: saving a checkpoint at the next step boundary "
                                  "(send it again to exit at once)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import torch
 from data_prep.prepare import prepare
 from pretrain_bench import objectives
 from pretrain_bench.data import MicroBatches, Rows, loader
-from pretrain_bench.errors import UserError
+from pretrain_bench.errors import RunStopped, UserError
 from pretrain_bench.objectives.base import Objective, Vocab
 from pretrain_bench.train import rundir
 from pretrain_bench.train.budget import Budget
@@ -81,12 +82,13 @@ class _nothing:
 def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[], float] = time.monotonic,
           log: Callable[[str], None] | None = None) -> dict:
     """Pre-train per `cfg` (a validated RunConfig); returns the summary also written to final/."""
-    rank, world = init_distributed()
-    is_main = rank == 0
-    say = (log or (lambda m: print(m, file=sys.stderr, flush=True))) if is_main else (lambda m: None)
     run_dir = Path(cfg.run_dir)
     final_dir = run_dir / "final"
-    rundir.claim(run_dir, cfg.model_dump(mode="json"), resume, overwrite, is_main)
+    if os.environ.get("RANK", "0") == "0":  # refuse a taken run folder before any start-up or data work;
+        rundir.check(run_dir, cfg.model_dump(mode="json"), resume, overwrite)  # write nothing until verified
+    rank, world = init_distributed(cfg.train.collective_timeout_s)
+    is_main = rank == 0
+    say = (log or (lambda m: print(m, file=sys.stderr, flush=True))) if is_main else (lambda m: None)
     if resume and (final_dir / EXPORT_INFO).exists():
         say(f"run {run_dir} is already complete; nothing to resume")
         return json.loads((final_dir / EXPORT_INFO).read_text())
@@ -101,6 +103,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     prepared = prepare(cfg.data, objective_cls.packing(cfg.objective), objective_cls.artifacts_needed(cfg.objective), say)
     barrier()
     prepared.verify()
+    rundir.claim(run_dir, cfg.model_dump(mode="json"), resume, overwrite, is_main)
     tokenizer = prepared.tokenizer
     vocab = Vocab.from_tokenizer(tokenizer)
     objective = objective_cls(cfg.objective, vocab, prepared.artifacts)
@@ -206,5 +209,12 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
         tracker.message(f"done: {reason}; {budget.steps} steps, {budget.tokens:,} tokens, "
                         f"{budget.training_seconds():.1f}s training, export {summary['export_seconds']:.1f}s -> {final_dir}")
         return summary
+    except OSError as e:  # a full disk while logging or exporting (a failed checkpoint save says so itself)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        saved = checkpoints.complete_tags()
+        kept = f"the last checkpoint {checkpoints.folder / saved[-1]} is intact" if saved else "no checkpoint was saved yet"
+        raise RunStopped(f"disk full writing {e.filename or run_dir} ({e.strerror}); {kept}; free disk space and "
+                         "resume with --resume") from None
     finally:
         tracker.close()

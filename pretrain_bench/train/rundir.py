@@ -13,6 +13,7 @@ from pretrain_bench.train.checkpoint import atomic_write_text
 # Keys that may differ on --resume: they change how a run is watched or where it stops, not what it learns.
 RESUMABLE_KEYS = {"train.max_steps", "train.log_every", "train.num_workers", "train.threads",
                   "train.keep_checkpoints", "train.checkpoint_every", "train.checkpoint_every_minutes",
+                  "train.collective_timeout_s",
                   "data.num_proc", "data.cache_dir"}
 RUN_CONTENT = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "tensorboard", "snapshots")
 
@@ -32,14 +33,12 @@ def differences(old: dict, new: dict) -> dict[str, tuple]:
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def claim(run_dir: Path, config: dict, resume: bool, overwrite: bool, is_main: bool) -> None:
-    """Check that `run_dir` may hold this run, then write its config.yaml (rank 0).
+def check(run_dir: Path, config: dict, resume: bool, overwrite: bool) -> None:
+    """Refuse a run folder that holds another run, before any work and without writing anything.
 
     A folder holding another run is refused unless --resume (same config, operational keys aside)
     or --overwrite (delete it and start over) is given.
     """
-    if not is_main:  # rank 0 alone decides: a rank that starts late would find rank 0's own config.yaml
-        return
     existing = run_dir / "config.yaml"
     if existing.exists():
         old = yaml.safe_load(existing.read_text()) or {}
@@ -56,9 +55,17 @@ def claim(run_dir: Path, config: dict, resume: bool, overwrite: bool, is_main: b
     elif any((run_dir / name).exists() for name in RUN_CONTENT) and not overwrite:
         raise UserError(f"run_dir {run_dir} holds run files but no config.yaml; pass --overwrite to replace "
                         "them or choose a new run_dir")
+
+
+def claim(run_dir: Path, config: dict, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Check that `run_dir` may hold this run, then write its config.yaml (rank 0). The runner calls it
+    once the data is verified, so a run refused for bad input leaves the folder as it was."""
+    if not is_main:  # rank 0 alone decides: a rank that starts late would find rank 0's own config.yaml
+        return
+    check(run_dir, config, resume, overwrite)
     if overwrite and not resume:
         for name in RUN_CONTENT:
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(existing, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
