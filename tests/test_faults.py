@@ -256,7 +256,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_stops_clearly(small_disk, t
     code, err = finish(start([*tiny_overrides, *STEPS], run_dir))
     assert code == 3, err[-3000:]
     folder = run_dir / "checkpoints"
-    assert (f"pretrain-bench: stopped: saving checkpoint step00000060 failed (" in err.splitlines()[-1]
+    assert ("pretrain-bench: stopped: saving checkpoint step00000060 failed (" in err.splitlines()[-1]
             and f"the previous checkpoint {folder / 'step00000040'} is intact; free disk space and resume "
             "with --resume" in err.splitlines()[-1]), err[-2000:]
     assert checkpoints(run_dir).complete_tags() == ["step00000020", "step00000040"]
@@ -284,7 +284,7 @@ def test_full_disk_in_process(tmp_path, tiny_overrides, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 3, err[-3000:]
     folder = run_dir / "checkpoints"
-    assert (f"saving checkpoint step00000004 failed (OSError: [Errno 28] No space left on device" in err
+    assert ("saving checkpoint step00000004 failed (OSError: [Errno 28] No space left on device" in err
             and f"MiB free in {run_dir / 'checkpoints'})" in err
             and f"the previous checkpoint {folder / 'step00000002'} is intact" in err), err[-2000:]
     assert checkpoints(run_dir).complete_tags() == ["step00000002"]
