@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-FLOOR = "random-init"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pretrain_bench.compare.config import FLOOR  # noqa: E402
 
 
 def flat(value, prefix: str = "") -> dict:
