@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pretrain_bench.compare.config import FLOOR  # noqa: E402
+from pretrain_bench.compare.report import spread  # noqa: E402
 
 
 def flat(value, prefix: str = "") -> dict:
@@ -70,7 +71,7 @@ def table(all_rows: list[dict]) -> str:
                 cells.append("")
                 continue
             ours, base = r["tasks"][t]
-            text = f"{100 * ours['median']:.1f} [{100 * ours['min']:.1f}, {100 * ours['max']:.1f}]"
+            text = spread(ours)
             if base:
                 text += f" / {100 * base['median']:.1f} / {100 * (ours['median'] - base['median']):+.1f}"
             cells.append(text)
