@@ -165,6 +165,8 @@ def test_changed_pretraining_settings_are_refused_before_any_work(study, capsys)
     ({"objectives": [{"name": "mlm", "label": "random-init"}]}, r"objectives\[0\]: label 'random-init'"),
     ({"objectives": [{"name": "mlm", "masking": {"rat": 0.3}}]}, r"unknown key 'objectives\[0\]\.masking\.rat' \(did you mean 'rate'\?\)"),
     ({"objectives": [{"name": "mlmm"}]}, r"study.yaml: objectives\[0\]\.name: unknown objective 'mlmm' \(did you mean 'mlm'\?\)"),
+    ({"objectives": [{"name": "mpa", "base_config": {"masking": {"rate": 0.4}}}]},
+     r"objectives\[0\]\.base_config' = .* write the base objective's keys flat in objectives\[0\]\.\*"),
     ({"objectives": []}, r"'objectives' = \[\] is invalid"),
     ({"tasks": [{"path": "nowhere/SST-2"}]}, r"tasks\[0\]\.path 'nowhere/SST-2' is not a folder"),
     ({"tasks": [{"path": "builtin:docstrings"}, {"path": "builtin:docstrings"}]}, r"tasks\[1\]: a second task named 'docstrings'"),

@@ -93,6 +93,11 @@ class MPAConfig(ObjectiveConfig):
         own = {k: v for k, v in data.items() if k in ("name", "base", "mpa")}
         base = own.setdefault("base", "mlm")
         errors, base_config = [], ObjectiveConfig(name=str(base))
+        if "base_config" in data:  # the serialized field's name, not a key users write
+            errors.append({"type": PydanticCustomError(
+                "flat_base_keys", "write the base objective's keys flat in objective.* (e.g. objective.masking), "
+                "not under base_config"), "loc": ("base_config",), "input": data["base_config"]})
+            data = {k: v for k, v in data.items() if k != "base_config"}
         try:
             base_config = _base_class(str(base)).Config.model_validate(
                 {k: v for k, v in data.items() if k not in own} | {"name": base})
