@@ -87,6 +87,22 @@ def test_random_init_floor_has_fresh_weights(checkpoint, generated):
     assert type(random_a) is type(pretrained)
 
 
+@pytest.mark.parametrize("arch", ["bert", "crammed"])
+def test_dropout_override_reaches_every_dropout_module(tmp_path, tokenizer, generated, arch):
+    model_cfg = backbone.ModelConfig(size="tiny", arch=arch, hidden_dropout=0.0, attention_dropout=0.0)
+    folder = save(backbone.build_mlm_model(model_cfg, Vocab.from_tokenizer(tokenizer)), tokenizer, tmp_path / arch)
+
+    def rates(model) -> set[float]:
+        found = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        for name in ("attention_dropout", "attention_probs_dropout_prob"):  # SDPA reads these from the config
+            found |= {getattr(m, name) for m in model.modules() if isinstance(getattr(m, name, None), float)}
+        return found
+
+    assert rates(build_model(folder, generated["binary"], "pretrained", 0)) <= {0.0}
+    for init in ("pretrained", "random"):
+        assert rates(build_model(folder, generated["binary"], init, 0, dropout=0.1)) == {0.1}
+
+
 def test_crammed_electra_and_plain_checkpoints(tmp_path, tokenizer, generated):
     vocab = Vocab.from_tokenizer(tokenizer)
     crammed = save(backbone.build_mlm_model(backbone.ModelConfig(size="tiny", arch="crammed"), vocab), tokenizer,

@@ -48,6 +48,9 @@ class FinetuneConfig(Section):
     max_seq_len: int = Field(128, ge=8, description="tokens per example after truncation, specials included")
     seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1, description="one fine-tuning run per seed (head "
                              "initialisation, data order, dropout); the report gives their median and spread")
+    dropout: float | None = Field(None, ge=0, lt=1, description="dropout while fine-tuning, on every dropout "
+                                  "of the encoder and head (cramming pre-trains without and fine-tunes with 0.1); "
+                                  "null: the checkpoint's own")
     eval_batch_size: int = Field(128, ge=1, description="examples per evaluation forward pass")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
 
@@ -98,14 +101,24 @@ def load_tokenizer(folder: Path):
                         "save the tokenizer beside the model (our exports do)") from None
 
 
-def build_model(folder: Path, task: Task, init: Init, seed: int):
+# The dropout rates of the transformers families we export (BERT and ELECTRA; ModernBERT).
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+                "embedding_dropout", "attention_dropout", "mlp_dropout")
+
+
+def build_model(folder: Path, task: Task, init: Init, seed: int, dropout: float | None = None):
     """The checkpoint's encoder with a fresh task head, or (init='random') the same architecture with
-    fresh weights everywhere: the floor a pre-trained encoder has to beat."""
+    fresh weights everywhere: the floor a pre-trained encoder has to beat. `dropout` replaces every
+    dropout rate of the checkpoint's config."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     with _quiet_transformers():
         config = AutoConfig.from_pretrained(str(folder), num_labels=task.num_labels, local_files_only=True)
         config.problem_type = "regression" if task.regression else "single_label_classification"
+        if dropout is not None:
+            for key in DROPOUT_KEYS:
+                if hasattr(config, key):
+                    setattr(config, key, dropout)
         torch.manual_seed(seed)  # the new head (and, for the floor, every weight)
         if init == "random":
             return AutoModelForSequenceClassification.from_config(config)
@@ -198,7 +211,7 @@ def finetune_once(folder: Path, tokenizer, task: Task, train: Encoded, evals: di
     start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = build_model(folder, task, init, seed)
+    model = build_model(folder, task, init, seed, cfg.dropout)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and cfg.max_seq_len > limit:
         raise UserError(f"finetune.max_seq_len {cfg.max_seq_len} exceeds the model's max_position_embeddings "
