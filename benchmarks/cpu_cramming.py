@@ -1,8 +1,10 @@
 """The CPU cramming study's summary: every `pretrain-bench compare` report given, in one table and two plots
 (pre-training loss against time; downstream score against tokens seen, each beside its random-init floor).
 
-    python benchmarks/cpu_cramming.py runs/study/*/ --out docs/cpu-cramming
+    python benchmarks/cpu_cramming.py docs/cpu-cramming/results/*.json runs/study/s5 --out docs/cpu-cramming
 
+Each argument is a study folder (its report/results.json is read and kept as <out>/results/<name>.json) or
+such a kept file, so the table and plots can be redrawn after the run folders are gone.
 Writes <out>/runs.md (one row per pre-trained model: what differs from the first study's config, tokens,
 final losses, the median score and seed range per task, the floor's, the gap) and <out>/*.png.
 """
@@ -109,15 +111,25 @@ def plots(all_rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def load(source: Path) -> tuple[str, dict]:
+    """(name, results) of a study folder or of a results file kept from one."""
+    if source.is_file():
+        return source.stem, json.loads(source.read_text())
+    return source.name, json.loads((source / "report" / "results.json").read_text())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("studies", nargs="+", help="compare run folders (each holds report/results.json)")
-    p.add_argument("--out", default="docs/cpu-cramming", help="folder for runs.md and the plots")
+    p.add_argument("studies", nargs="+", help="compare run folders (each holds report/results.json) or kept "
+                   "<out>/results/<name>.json files")
+    p.add_argument("--out", default="docs/cpu-cramming", help="folder for runs.md, the plots and results/")
     args = p.parse_args()
-    reports = [(Path(s).name, json.loads((Path(s) / "report" / "results.json").read_text())) for s in args.studies]
-    all_rows = rows(reports)
+    reports = [load(Path(s)) for s in args.studies]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    for name, results in reports:
+        (out / "results" / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    all_rows = rows(reports)
     (out / "runs.md").write_text(table(all_rows))
     plots(all_rows, out)
     print(table(all_rows))
