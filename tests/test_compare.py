@@ -171,6 +171,7 @@ def test_changed_pretraining_settings_are_refused_before_any_work(study, capsys)
     ({"tasks": [{"path": "nowhere/SST-2"}]}, r"tasks\[0\]\.path 'nowhere/SST-2' is not a folder"),
     ({"tasks": [{"path": "builtin:docstrings"}, {"path": "builtin:docstrings"}]}, r"tasks\[1\]: a second task named 'docstrings'"),
     ({"finetune": {"seeds": []}}, r"'finetune\.seeds' = \[\] is invalid"),
+    ({"finetune": {"pooling": "mean"}}, r"study.yaml: finetune.pooling 'mean' needs model.arch crammed"),
     ({"budget": {"minutes": 1, "tokens": 5}}, r"give one of hours, minutes, tokens"),
 ])
 def test_study_config_errors(tmp_path, corpus_file, cache_dir, change, message):

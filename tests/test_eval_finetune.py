@@ -103,6 +103,21 @@ def test_dropout_override_reaches_every_dropout_module(tmp_path, tokenizer, gene
         assert rates(build_model(folder, generated["binary"], init, 0, dropout=0.1)) == {0.1}
 
 
+def test_pooling_choice_reaches_the_classifier_and_is_refused_where_fixed(tmp_path, tokenizer, generated):
+    vocab, task = Vocab.from_tokenizer(tokenizer), generated["binary"]
+    folders = {arch: save(backbone.build_mlm_model(backbone.ModelConfig(size="tiny", arch=arch), vocab), tokenizer,
+                          tmp_path / arch) for arch in ("bert", "crammed")}
+    ids = torch.tensor([tokenizer.encode("def load(path): return open(path).read()")])
+    logits = {}
+    for pooling in ("cls", "mean"):
+        model = build_model(folders["crammed"], task, "pretrained", 0, pooling=pooling).eval()
+        assert model.config.classifier_pooling == pooling
+        logits[pooling] = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert not torch.allclose(logits["cls"], logits["mean"])  # same weights, other pooled vector
+    with pytest.raises(UserError, match=r"finetune.pooling 'mean': .* bert checkpoint.*set finetune.pooling: null"):
+        build_model(folders["bert"], task, "pretrained", 0, pooling="mean")
+
+
 def test_crammed_electra_and_plain_checkpoints(tmp_path, tokenizer, generated):
     vocab = Vocab.from_tokenizer(tokenizer)
     crammed = save(backbone.build_mlm_model(backbone.ModelConfig(size="tiny", arch="crammed"), vocab), tokenizer,

@@ -70,6 +70,9 @@ def validate(raw: dict, source: str, applied: dict[str, str] | None = None):
         except UserError as e:  # name the list entry, not the single-run key
             message = re.sub(r"\bobjective\.", f"objectives[{i}].", str(e))
             raise UserError(message if message.startswith(source) else f"{source}: {message}") from None
+    if study.finetune.pooling is not None and study.model.arch != "crammed":  # found now, not after pre-training
+        raise UserError(f"{source}: finetune.pooling '{study.finetune.pooling}' needs model.arch crammed (ModernBERT "
+                        f"pools by config; BERT and ELECTRA classifiers read [CLS]); set finetune.pooling: null")
     names = []
     for i, task in enumerate(study.tasks):
         where = f"{source}: tasks[{i}]"

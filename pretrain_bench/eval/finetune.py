@@ -51,6 +51,9 @@ class FinetuneConfig(Section):
     dropout: float | None = Field(None, ge=0, lt=1, description="dropout while fine-tuning, on every dropout "
                                   "of the encoder and head (cramming pre-trains without and fine-tunes with 0.1); "
                                   "null: the checkpoint's own")
+    pooling: Literal["cls", "mean"] | None = Field(None, description="what the classifier reads: the [CLS] "
+                                                   "vector or the mean over tokens (crammed/ModernBERT only); "
+                                                   "null: the checkpoint's own")
     eval_batch_size: int = Field(128, ge=1, description="examples per evaluation forward pass")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
 
@@ -106,10 +109,11 @@ DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifi
                 "embedding_dropout", "attention_dropout", "mlp_dropout")
 
 
-def build_model(folder: Path, task: Task, init: Init, seed: int, dropout: float | None = None):
+def build_model(folder: Path, task: Task, init: Init, seed: int, dropout: float | None = None,
+                pooling: str | None = None):
     """The checkpoint's encoder with a fresh task head, or (init='random') the same architecture with
     fresh weights everywhere: the floor a pre-trained encoder has to beat. `dropout` replaces every
-    dropout rate of the checkpoint's config."""
+    dropout rate of the checkpoint's config, `pooling` its classifier pooling."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     with _quiet_transformers():
@@ -119,6 +123,12 @@ def build_model(folder: Path, task: Task, init: Init, seed: int, dropout: float 
             for key in DROPOUT_KEYS:
                 if hasattr(config, key):
                     setattr(config, key, dropout)
+        if pooling is not None:
+            if not hasattr(config, "classifier_pooling"):
+                raise UserError(f"finetune.pooling '{pooling}': {folder} is a {config.model_type} checkpoint, whose "
+                                "classifier always reads the [CLS] vector; set finetune.pooling: null (pooling is "
+                                "a choice of the crammed architecture, ModernBERT)")
+            config.classifier_pooling = pooling
         torch.manual_seed(seed)  # the new head (and, for the floor, every weight)
         if init == "random":
             return AutoModelForSequenceClassification.from_config(config)
@@ -211,7 +221,7 @@ def finetune_once(folder: Path, tokenizer, task: Task, train: Encoded, evals: di
     start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = build_model(folder, task, init, seed, cfg.dropout)
+    model = build_model(folder, task, init, seed, cfg.dropout, cfg.pooling)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and cfg.max_seq_len > limit:
         raise UserError(f"finetune.max_seq_len {cfg.max_seq_len} exceeds the model's max_position_embeddings "
