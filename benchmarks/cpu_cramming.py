@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pretrain_bench.compare.config import FLOOR  # noqa: E402
 from pretrain_bench.compare.report import spread  # noqa: E402
+from pretrain_bench.compare.runner import OPERATIONAL_KEYS  # noqa: E402
 from pretrain_bench.train.rundir import RESUMABLE_KEYS  # noqa: E402
 
 
@@ -38,9 +39,10 @@ def flat(value, prefix: str = "") -> dict:
 
 def lever(study: dict, reference: dict) -> str:
     """The settings of this study that differ from the reference study, as key=value."""
-    mine, theirs = flat({k: study[k] for k in ("data", "model", "train", "budget", "finetune")}), flat(
-        {k: reference[k] for k in ("data", "model", "train", "budget", "finetune")})
-    watched = RESUMABLE_KEYS - {"train.max_steps"} | {"finetune.threads"}  # how a run was run, not what it was
+    sections = ("data", "model", "train", "budget", "finetune")
+    mine, theirs = (flat({k: config[k] for k in sections}) for config in (study, reference))
+    # how a run was run, not what it was
+    watched = RESUMABLE_KEYS - {"train.max_steps"} | {f"finetune.{k}" for k in OPERATIONAL_KEYS}
     return ", ".join(f"{k}={v}" for k, v in mine.items() if theirs.get(k) != v and k not in watched) or "reference"
 
 
