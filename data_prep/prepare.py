@@ -39,7 +39,7 @@ from data_prep.tokenize import init_worker, tokenize
 from pretrain_bench.errors import UserError
 from pretrain_bench.section import Section
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tokenizer ids in code-point order (data_prep/tokenizer.py)
 DOCS_PER_JOB = 256
 
 
@@ -197,7 +197,7 @@ def _total_bytes(cfg: DataConfig) -> int | None:
 def _trained_tokenizer(cfg: DataConfig, cache: Path, log) -> Path:
     """The tokenizer trained on this corpus with these settings, trained once and shared by every packing,
     row length and segmenter: tokenizers' WordPiece trainer breaks ties between equally frequent pieces
-    in hash-map order, so a second training could give a slightly different vocabulary."""
+    in hash-map order, so on a small corpus a second training can keep slightly different pieces."""
     key = {"source": sources.fingerprint(cfg.path), "path": cfg.path, "tokenizer": cfg.tokenizer.model_dump(),
            "validation_fraction": cfg.validation_fraction, "max_documents": cfg.max_documents,
            "text": [cfg.text_field, cfg.txt_documents, cfg.encoding_errors, cfg.hub_split], "format": FORMAT_VERSION}

@@ -39,6 +39,7 @@ def train(documents: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTokenizer
     trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
                                         special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##")
     tok.train_from_iterator(documents, trainer)
+    _renumber_in_code_point_order(tok)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -48,6 +49,16 @@ def train(documents: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTokenizer
                          # BertTokenizer rebuilds its normalizer from these on load: keep them in step.
                          do_lower_case=cfg.lowercase, strip_accents=cfg.lowercase,
                          tokenize_chinese_chars=cfg.split_cjk_chars)
+
+
+def _renumber_in_code_point_order(tok: Tokenizer) -> None:
+    """The specials first, then every piece in code-point order. The trainer numbers pieces in the order
+    of a hash map seeded per process, so the same corpus gave the same pieces under other ids in every
+    process, and a random-init encoder other embeddings for each word."""
+    pieces = sorted(set(tok.get_vocab(with_added_tokens=False)) - set(SPECIAL_TOKENS))
+    vocab = {piece: i for i, piece in enumerate([*SPECIAL_TOKENS, *pieces])}
+    assert all(tok.token_to_id(t) == vocab[t] for t in SPECIAL_TOKENS)  # the trainer put them first, in order
+    tok.model = models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100)
 
 
 def load(path: str | Path) -> PreTrainedTokenizerBase:

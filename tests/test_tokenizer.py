@@ -1,6 +1,6 @@
 import pytest
 
-from data_prep.tokenizer import TokenizerConfig, fingerprint, load, train
+from data_prep.tokenizer import SPECIAL_TOKENS, TokenizerConfig, fingerprint, load, train
 from pretrain_bench.errors import UserError
 from tests.corpus import documents
 
@@ -24,3 +24,12 @@ def test_save_load_round_trip(tmp_path, lowercase, cjk):
 def test_load_refuses_non_tokenizer(tmp_path):
     with pytest.raises(UserError, match="not a transformers tokenizer folder"):
         load(tmp_path)
+
+
+def test_ids_follow_code_point_order():
+    # the trainer numbers pieces in a hash map's order, seeded per process; renumbered, a corpus that gives
+    # the same pieces gives the same ids in every process
+    tok = train(iter(documents(300)), TokenizerConfig(vocab_size=400))
+    by_id = tok.convert_ids_to_tokens(list(range(len(tok))))
+    assert by_id[:5] == SPECIAL_TOKENS and by_id[5:] == sorted(by_id[5:]) and len(set(by_id)) == len(tok)
+    assert tok.decode(tok("the quiet gardens")["input_ids"], skip_special_tokens=True) == "the quiet gardens"
