@@ -58,7 +58,10 @@ def _renumber_in_code_point_order(tok: Tokenizer) -> None:
     pieces = sorted(set(tok.get_vocab(with_added_tokens=False)) - set(SPECIAL_TOKENS))
     vocab = {piece: i for i, piece in enumerate([*SPECIAL_TOKENS, *pieces])}
     assert all(tok.token_to_id(t) == vocab[t] for t in SPECIAL_TOKENS)  # the trainer put them first, in order
-    tok.model = models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100)
+    trained = tok.model
+    tok.model = models.WordPiece(vocab, unk_token=trained.unk_token,
+                                 max_input_chars_per_word=trained.max_input_chars_per_word,
+                                 continuing_subword_prefix=trained.continuing_subword_prefix)
 
 
 def load(path: str | Path) -> PreTrainedTokenizerBase:
