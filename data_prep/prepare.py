@@ -48,6 +48,8 @@ class DataConfig(Section):
 
     path: str = Field(sources.BUILTIN, description="text file or folder (.txt/.jsonl/.parquet), "
                       "'builtin:docstrings', or 'hub:<name>[:<config>]' (online only)")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns of files under a data.path folder "
+                               "to leave out, matched against paths relative to it (e.g. 'python311_docs.jsonl')")
     text_field: str = Field("text", description="JSON/Parquet field holding a document's text")
     txt_documents: Literal["blank_line", "line", "file"] = Field(
         "blank_line", description="how a .txt file splits into documents")
@@ -68,8 +70,9 @@ class DataConfig(Section):
 
     def fingerprint(self, packing: str) -> str:
         """Hash of everything that decides the shards' content (not where or how fast they are made)."""
-        content = self.model_dump(exclude={"num_proc", "rows_per_shard", "cache_dir"})
-        content.update(packing=packing, format=FORMAT_VERSION, source=sources.fingerprint(self.path))
+        # The source fingerprint lists the files data.exclude keeps, so the patterns themselves are left out.
+        content = self.model_dump(exclude={"num_proc", "rows_per_shard", "cache_dir", "exclude"})
+        content.update(packing=packing, format=FORMAT_VERSION, source=sources.fingerprint(self.path, self.exclude))
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -130,7 +133,7 @@ def prepare(cfg: DataConfig, packing: str = "concat", artifacts: dict[str, Secti
     _load_plugins()
     if packing not in PACKERS:
         raise UserError(f"packing '{packing}' is unknown; registered packers: {', '.join(PACKERS)}")
-    sources.check(cfg.path)
+    sources.check(cfg.path, cfg.exclude)
     cache = Path(cfg.cache_dir).expanduser()
     digest = cfg.fingerprint(packing)
     root = cache / "prepared" / digest[:16]
@@ -184,21 +187,21 @@ def _split_of(text: str, fraction: float) -> str:
 
 def _documents(cfg: DataConfig, cache: Path) -> Iterator[str]:
     docs = sources.read_documents(cfg.path, cfg.text_field, cfg.txt_documents, cfg.encoding_errors,
-                                  cfg.hub_split, cache)
+                                  cfg.hub_split, cache, cfg.exclude)
     return islice(docs, cfg.max_documents)
 
 
 def _total_bytes(cfg: DataConfig) -> int | None:
     if cfg.path == sources.BUILTIN or cfg.path.startswith(sources.HUB_PREFIX) or cfg.max_documents:
         return None
-    return sum(p.stat().st_size for p in sources.files_of(Path(cfg.path).expanduser()))
+    return sum(p.stat().st_size for p in sources.files_of(Path(cfg.path).expanduser(), cfg.exclude))
 
 
 def _trained_tokenizer(cfg: DataConfig, cache: Path, log) -> Path:
     """The tokenizer trained on this corpus with these settings, trained once and shared by every packing,
     row length and segmenter: tokenizers' WordPiece trainer breaks ties between equally frequent pieces
     in hash-map order, so on a small corpus a second training can keep slightly different pieces."""
-    key = {"source": sources.fingerprint(cfg.path), "path": cfg.path, "tokenizer": cfg.tokenizer.model_dump(),
+    key = {"source": sources.fingerprint(cfg.path, cfg.exclude), "path": cfg.path, "tokenizer": cfg.tokenizer.model_dump(),
            "validation_fraction": cfg.validation_fraction, "max_documents": cfg.max_documents,
            "text": [cfg.text_field, cfg.txt_documents, cfg.encoding_errors, cfg.hub_split], "format": FORMAT_VERSION}
     folder = cache / "tokenizers" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

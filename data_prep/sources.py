@@ -5,13 +5,14 @@ this project's dependencies (real English prose that exists on every machine tha
 from __future__ import annotations
 
 import ast
+import fnmatch
 import hashlib
 import json
 import os
 import sysconfig
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from pretrain_bench.errors import UserError
 
@@ -25,41 +26,55 @@ _SKIP_DIRS = {"test", "tests", "testing", "idlelib", "site-packages", "lib2to3",
 MIN_DOCSTRING_WORDS = 20
 
 
-def files_of(path: Path) -> list[Path]:
-    """The corpus files under `path` (a file or a folder), sorted for a deterministic order."""
+def files_of(path: Path, exclude: Sequence[str] = ()) -> list[Path]:
+    """The corpus files under `path` (a file or a folder), sorted for a deterministic order, without those
+    whose path relative to the folder matches a glob pattern of `exclude`."""
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+    return [p for p in files if not _excluded(p.relative_to(path), exclude)]
 
 
-def fingerprint(spec: str) -> str:
+def _excluded(relative: Path, exclude: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(relative.as_posix(), pattern) for pattern in exclude)
+
+
+def fingerprint(spec: str, exclude: Sequence[str] = ()) -> str:
     """Identity of the source content: names, sizes and modification times (or the installed packages)."""
     if spec == BUILTIN:
         return hashlib.sha256(json.dumps(_builtin_roots()).encode()).hexdigest()
     if spec.startswith(HUB_PREFIX):
         return spec
     path = Path(spec).expanduser()
-    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files_of(path)]
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files_of(path, exclude)]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
 
 
-def check(spec: str, field: str = "data.path") -> None:
+def check(spec: str, exclude: Sequence[str] = (), field: str = "data.path") -> None:
     """Fail before any work if the source cannot be read."""
+    if exclude and (spec == BUILTIN or spec.startswith(HUB_PREFIX) or Path(spec).expanduser().is_file()):
+        raise UserError(f"data.exclude: only a folder's files can be excluded, and data.path '{spec}' is not a "
+                        "folder; remove data.exclude or point data.path at a folder")
     if spec == BUILTIN or spec.startswith(HUB_PREFIX):
         return
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"{field}: '{spec}' does not exist; give a text file or folder, '{BUILTIN}', "
                         f"or '{HUB_PREFIX}<dataset name>'")
-    files = files_of(path)
+    for pattern in exclude:
+        if not any(_excluded(p.relative_to(path), (pattern,)) for p in files_of(path)):
+            raise UserError(f"data.exclude: '{pattern}' matches no file under '{spec}' (patterns match paths "
+                            "relative to the folder, such as 'python311_docs.jsonl' or 'code/*'); fix the pattern")
+    files = files_of(path, exclude)
     if not files:
-        raise UserError(f"{field}: '{spec}' holds no {'/'.join(SUFFIXES)} files; point it at the corpus")
+        raise UserError(f"{field}: '{spec}' holds no {'/'.join(SUFFIXES)} files"
+                        f"{' that data.exclude keeps' if exclude else ''}; point it at the corpus")
     if all(p.stat().st_size == 0 for p in files):
         raise UserError(f"{field}: '{spec}' is empty (every corpus file has 0 bytes); point it at the corpus")
 
 
 def read_documents(spec: str, text_field: str, txt_documents: str, encoding_errors: str,
-                   hub_split: str, cache_dir: Path) -> Iterator[str]:
+                   hub_split: str, cache_dir: Path, exclude: Sequence[str] = ()) -> Iterator[str]:
     """Every document of the source, in a deterministic order; empty documents are dropped."""
     if spec == BUILTIN:
         for record in builtin_docstrings(cache_dir):
@@ -68,7 +83,7 @@ def read_documents(spec: str, text_field: str, txt_documents: str, encoding_erro
     if spec.startswith(HUB_PREFIX):
         yield from _hub_documents(spec[len(HUB_PREFIX):], hub_split, text_field)
         return
-    for path in files_of(Path(spec).expanduser()):
+    for path in files_of(Path(spec).expanduser(), exclude):
         for text in _file_documents(path, text_field, txt_documents, encoding_errors):
             if text.strip():
                 yield text

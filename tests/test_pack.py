@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from data_prep import sources
 from data_prep.pack import ConcatPacker, SpecialIds, Tokenized
 from data_prep.prepare import DataConfig, prepare
 from pretrain_bench.errors import UserError
@@ -107,3 +108,22 @@ def test_one_tokenizer_per_corpus_shared_by_every_packing(corpus_file, tmp_path)
     assert a.manifest["tokenizer_hash"] == b.manifest["tokenizer_hash"]
     assert len(list((tmp_path / "tokenizers").iterdir())) == 2  # the tokenizer folder and its lock
     assert a.tokenizer.model_max_length == 64 and b.tokenizer.model_max_length == 32
+
+
+def test_excluded_files_are_not_read_and_do_not_touch_the_cache(corpus_file, tmp_path):
+    """data.exclude leaves a folder's matching files out of the documents, and the prepared data does not
+    depend on them: editing an excluded file keeps the cache, excluding another file makes new data."""
+    folder = tmp_path / "corpus"
+    (folder / "code").mkdir(parents=True)
+    (folder / "prose.jsonl").write_text(corpus_file.read_text())
+    (folder / "code" / "docs.jsonl").write_text('{"text": "def f(x): return x"}\n' * 50)
+    cfg = DataConfig(path=str(folder), exclude=["code/*"], cache_dir=str(tmp_path / "cache"), seq_len=64,
+                     tokenizer={"vocab_size": 300})
+    everything = len(list(sources.read_documents(str(folder), "text", "blank_line", "strict", "train", tmp_path)))
+    kept = list(sources.read_documents(str(folder), "text", "blank_line", "strict", "train", tmp_path, cfg.exclude))
+    assert len(kept) == everything - 50 and "def f(x): return x" not in kept
+    prepared, unfiltered = prepare(cfg), prepare(cfg.model_copy(update={"exclude": []}))
+    assert unfiltered.root != prepared.root
+    assert "(" in unfiltered.tokenizer.get_vocab() and "(" not in prepared.tokenizer.get_vocab()
+    (folder / "code" / "docs.jsonl").write_text('{"text": "edited"}\n')
+    assert prepare(cfg).root == prepared.root
