@@ -101,3 +101,18 @@ def test_configuration_reference_is_current():
 
     assert (REPO / "docs" / "configuration.md").read_text() == render(), \
         "regenerate: python -m pretrain_bench.reference > docs/configuration.md"
+
+
+def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
+    """A setting added to the tool since a run was made counts at its default, not as a change of config;
+    a real change still blocks --resume."""
+    from pretrain_bench.train import rundir
+
+    cfg = config.load(REPO / "configs" / "tiny-cpu.yaml", [f"run_dir={tmp_path}"]).model_dump(mode="json")
+    saved = yaml.safe_load(yaml.safe_dump(cfg))
+    del saved["data"]["exclude"]  # as a run made before data.exclude existed wrote it
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    rundir.check(tmp_path, cfg, resume=True, overwrite=False)
+    changed = {**cfg, "train": {**cfg["train"], "lr": cfg["train"]["lr"] * 2}}
+    with pytest.raises(UserError, match="the run was made with a different config .*train.lr"):
+        rundir.check(tmp_path, changed, resume=True, overwrite=False)

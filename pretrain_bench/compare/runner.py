@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import yaml
 
 from pretrain_bench.compare.config import FLOOR, StudyConfig
 from pretrain_bench.errors import UserError
@@ -43,7 +42,7 @@ def pretrain(study: StudyConfig, runs: dict, log: Callable[[str], None]) -> None
         settings = cfg.model_dump(mode="json")
         if (run_dir / "final" / EXPORT_INFO).is_file():
             # any change but how the run was watched makes the finished run another experiment
-            changed = rundir.differences(yaml.safe_load(config_file.read_text()) or {}, settings)
+            changed = rundir.differences(rundir.saved_config(config_file), settings)
             blocking = {k: v for k, v in changed.items() if k not in rundir.RESUMABLE_KEYS - {"train.max_steps"}}
             if blocking:
                 detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(blocking.items())[:5])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from pretrain_bench import config as config_
 from pretrain_bench.errors import UserError
 from pretrain_bench.train.checkpoint import atomic_write_text
 
@@ -28,6 +29,16 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def saved_config(path: Path) -> dict:
+    """A run's config.yaml read through the current schema, so that a setting added to the tool since the
+    run was made counts at its default instead of as a change; as written if it no longer validates."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        return config_.validate(raw, str(path)).model_dump(mode="json")
+    except UserError:
+        return raw
+
+
 def differences(old: dict, new: dict) -> dict[str, tuple]:
     a, b = _flatten(old), _flatten(new)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
@@ -41,8 +52,7 @@ def check(run_dir: Path, config: dict, resume: bool, overwrite: bool) -> None:
     """
     existing = run_dir / "config.yaml"
     if existing.exists():
-        old = yaml.safe_load(existing.read_text()) or {}
-        changed = differences(old, config)
+        changed = differences(saved_config(existing), config)
         if resume:
             blocking = {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}
             if blocking:
