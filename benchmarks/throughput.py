@@ -65,7 +65,7 @@ def hf_trainer(args) -> dict:
                               TrainerCallback, TrainingArguments)
 
     from data_prep.prepare import DataConfig, prepare
-    from pretrain_bench.data import Rows
+    from pretrain_bench.data import MicroBatches, Rows
     from pretrain_bench.models.backbone import ModelConfig
 
     prepared = prepare(DataConfig(**data_config(args)), log=lambda m: None)
@@ -116,11 +116,10 @@ def hf_trainer(args) -> dict:
 
 def bare_loop(args, objective_name: str) -> dict:
     """Our module and corruption, pre-collated, in a plain PyTorch loop: no DeepSpeed, no loader."""
-    import numpy as np
     import torch
 
     from pretrain_bench import config, objectives
-    from pretrain_bench.data import Rows
+    from pretrain_bench.data import MicroBatches, Rows
     from pretrain_bench.objectives import Vocab
     from pretrain_bench.train.engine import parameter_groups
     from pretrain_bench.train.throughput import training_flops
@@ -129,14 +128,18 @@ def bare_loop(args, objective_name: str) -> dict:
     cfg = config.validate(run_config(args, objective_name, "unused"), "benchmark")
     cls = objectives.get(objective_name)
     prepared = prepare(cfg.data, cls.packing(cfg.objective), cls.artifacts_needed(cfg.objective), log=lambda m: None)
-    objective = cls(cfg.objective, Vocab.from_tokenizer(prepared.tokenizer), prepared.artifacts)
-    rows = Rows(prepared, "train")
-    generator = torch.Generator().manual_seed(0)
-    total = args.warmup + args.steps
-    batches = [objective.corrupt(rows.take(np.arange(i * args.micro_batch, (i + 1) * args.micro_batch)), generator)
-               for i in range(total)]
+    vocab = Vocab.from_tokenizer(prepared.tokenizer)
+    objective = cls(cfg.objective, vocab, prepared.artifacts)
+    # the very rows and corruption of the loop's first steps, so both count the same (non-pad) tokens: rows
+    # in file order would be the first documents only (padding differs between them with segment pairs)
+    micro_batches = MicroBatches(Rows(prepared, "train"), objective.corrupt, vocab.pad_id,
+                                 args.micro_batch, cfg.seed, 0, 1, SEQ_LEN)
     device = "cuda" if args.cuda else "cpu"
-    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    batches, tokens = [], 0
+    for m in range(args.warmup + args.steps):
+        inputs, num_tokens = micro_batches[m]
+        batches.append({k: v.to(device) for k, v in inputs.items()})
+        tokens += num_tokens if m >= args.warmup else 0
     torch.manual_seed(0)
     module = objective.build(cfg.model).to(device)  # compiled in place when --compile
     optimizer = torch.optim.AdamW(parameter_groups(module, 0.01), lr=5e-4, foreach=not args.cuda, fused=args.cuda)
@@ -155,7 +158,6 @@ def bare_loop(args, objective_name: str) -> dict:
     if args.cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup:])  # as the loop counts: no padding
     return {"tokens_per_s": tokens / seconds, "step_s": seconds / args.steps,
             "flops_per_step": training_flops(module, batches[0]), "data_wait": 0.0, "peak_memory_mb": peak_memory_mb()}
 
