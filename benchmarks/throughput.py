@@ -65,7 +65,7 @@ def hf_trainer(args) -> dict:
                               TrainerCallback, TrainingArguments)
 
     from data_prep.prepare import DataConfig, prepare
-    from pretrain_bench.data import MicroBatches, Rows
+    from pretrain_bench.data import Rows
     from pretrain_bench.models.backbone import ModelConfig
 
     prepared = prepare(DataConfig(**data_config(args)), log=lambda m: None)
