@@ -109,6 +109,7 @@ def hf_trainer(args) -> dict:
 
     sample = collator([{"input_ids": r} for r in rows[: args.micro_batch].tolist()])
     flops = training_flops(model, {k: v for k, v in sample.items()})
+    # concat-packed rows hold no padding: every position is a token, as the other contenders count them
     return {"tokens_per_s": args.steps * args.micro_batch * SEQ_LEN / seconds, "step_s": seconds / args.steps,
             "flops_per_step": flops, "data_wait": (collate_seconds[0] - marks["collate_start"]) / seconds,
             "peak_memory_mb": peak_memory_mb()}
@@ -133,7 +134,7 @@ def bare_loop(args, objective_name: str) -> dict:
     # the very rows and corruption of the loop's first steps, so both count the same (non-pad) tokens: rows
     # in file order would be the first documents only (padding differs between them with segment pairs)
     micro_batches = MicroBatches(Rows(prepared, "train"), objective.corrupt, vocab.pad_id,
-                                 args.micro_batch, cfg.seed, 0, 1, SEQ_LEN)
+                                 args.micro_batch, cfg.seed, 0, 1, cfg.data.seq_len)
     device = "cuda" if args.cuda else "cpu"
     batches, tokens = [], 0
     for m in range(args.warmup + args.steps):

@@ -49,7 +49,8 @@ class DataConfig(Section):
     path: str = Field(sources.BUILTIN, description="text file or folder (.txt/.jsonl/.parquet), "
                       "'builtin:docstrings', or 'hub:<name>[:<config>]' (online only)")
     exclude: list[str] = Field(default_factory=list, description="glob patterns of files under a data.path folder "
-                               "to leave out, matched against paths relative to it (e.g. 'python311_docs.jsonl')")
+                               "to leave out, matched case-sensitively against paths relative to it, '*' crossing folders "
+                               "(e.g. 'python311_docs.jsonl'; quote a leading '*' in YAML: '*.txt')")
     text_field: str = Field("text", description="JSON/Parquet field holding a document's text")
     txt_documents: Literal["blank_line", "line", "file"] = Field(
         "blank_line", description="how a .txt file splits into documents")

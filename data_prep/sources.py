@@ -32,11 +32,12 @@ def files_of(path: Path, exclude: Sequence[str] = ()) -> list[Path]:
     if path.is_file():
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-    return [p for p in files if not _excluded(p.relative_to(path), exclude)]
+    return [p for p in files if not any(_matches(p.relative_to(path), pattern) for pattern in exclude)]
 
 
-def _excluded(relative: Path, exclude: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatch(relative.as_posix(), pattern) for pattern in exclude)
+def _matches(relative: Path, pattern: str) -> bool:
+    # case-sensitive everywhere, so a config selects the same files (and cache entry) on every platform
+    return fnmatch.fnmatchcase(relative.as_posix(), pattern)
 
 
 def fingerprint(spec: str, exclude: Sequence[str] = ()) -> str:
@@ -61,14 +62,16 @@ def check(spec: str, exclude: Sequence[str] = (), field: str = "data.path") -> N
     if not path.exists():
         raise UserError(f"{field}: '{spec}' does not exist; give a text file or folder, '{BUILTIN}', "
                         f"or '{HUB_PREFIX}<dataset name>'")
+    everything = files_of(path)
     for pattern in exclude:
-        if not any(_excluded(p.relative_to(path), (pattern,)) for p in files_of(path)):
+        if not any(_matches(p.relative_to(path), pattern) for p in everything):
             raise UserError(f"data.exclude: '{pattern}' matches no file under '{spec}' (patterns match paths "
                             "relative to the folder, such as 'python311_docs.jsonl' or 'code/*'); fix the pattern")
+    if not everything:
+        raise UserError(f"{field}: '{spec}' holds no {'/'.join(SUFFIXES)} files; point it at the corpus")
     files = files_of(path, exclude)
     if not files:
-        raise UserError(f"{field}: '{spec}' holds no {'/'.join(SUFFIXES)} files"
-                        f"{' that data.exclude keeps' if exclude else ''}; point it at the corpus")
+        raise UserError(f"data.exclude: the patterns leave out every file under '{spec}'; remove or narrow one")
     if all(p.stat().st_size == 0 for p in files):
         raise UserError(f"{field}: '{spec}' is empty (every corpus file has 0 bytes); point it at the corpus")
 

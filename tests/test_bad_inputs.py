@@ -95,7 +95,7 @@ def _cases(w) -> list[tuple[str, list[str], list[str]]]:
         ("exclude-matches-nothing", [*new, f"data.path={f}", "data.exclude=[nope.jsonl]"],
          ["data.exclude: 'nope.jsonl' matches no file", "fix the pattern"]),
         ("exclude-everything", [*new, f"data.path={f}", "data.exclude=['*']"],
-         ["data.path", "holds no", "that data.exclude keeps"]),
+         ["data.exclude: the patterns leave out every file", "remove or narrow one"]),
         ("exclude-from-a-file", [*new, f"data.path={f / 'notes.txt'}", "data.exclude=[x.txt]"],
          ["data.exclude: only a folder's files", "not a folder"]),
         ("tokenizer-path-missing", [*new, f"data.tokenizer.path={f / 'no_tokenizer'}"],

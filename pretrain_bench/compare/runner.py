@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Callable
 
-
 from pretrain_bench.compare.config import FLOOR, StudyConfig
 from pretrain_bench.errors import UserError
 from pretrain_bench.eval.finetune import encode_task, finetune_once, load_tokenizer, model_folder

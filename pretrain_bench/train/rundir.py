@@ -31,7 +31,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def saved_config(path: Path) -> dict:
     """A run's config.yaml read through the current schema, so that a setting added to the tool since the
-    run was made counts at its default instead of as a change; as written if it no longer validates."""
+    run was made counts at its default instead of as a change (a new setting's default keeps the behaviour
+    from before it existed); as written if it no longer validates, so every difference shows."""
     raw = yaml.safe_load(path.read_text()) or {}
     try:
         return config_.validate(raw, str(path)).model_dump(mode="json")
