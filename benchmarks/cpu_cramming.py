@@ -22,9 +22,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pretrain_bench.compare.config import FLOOR  # noqa: E402
+from pretrain_bench.compare.config import FLOOR, validate  # noqa: E402
 from pretrain_bench.compare.report import spread  # noqa: E402
 from pretrain_bench.compare.runner import OPERATIONAL_KEYS  # noqa: E402
+from pretrain_bench.errors import UserError  # noqa: E402
 from pretrain_bench.train.rundir import RESUMABLE_KEYS  # noqa: E402
 
 
@@ -37,10 +38,18 @@ def flat(value, prefix: str = "") -> dict:
     return out
 
 
+def current(study: dict) -> dict:
+    """A kept study config read through today's schema: settings added since it ran count at their defaults."""
+    try:
+        return validate(study, "results.json")[0].model_dump(mode="json")
+    except UserError:
+        return study
+
+
 def lever(study: dict, reference: dict) -> str:
     """The settings of this study that differ from the reference study, as key=value."""
     sections = ("data", "model", "train", "budget", "finetune")
-    mine, theirs = (flat({k: config[k] for k in sections}) for config in (study, reference))
+    mine, theirs = (flat({k: current(config)[k] for k in sections}) for config in (study, reference))
     # how a run was run, not what it was
     watched = RESUMABLE_KEYS - {"train.max_steps"} | {f"finetune.{k}" for k in OPERATIONAL_KEYS}
     return ", ".join(f"{k}={v}" for k, v in mine.items() if theirs.get(k) != v and k not in watched) or "reference"
