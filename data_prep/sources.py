@@ -53,15 +53,18 @@ def fingerprint(spec: str, exclude: Sequence[str] = ()) -> str:
 
 def check(spec: str, exclude: Sequence[str] = (), field: str = "data.path") -> None:
     """Fail before any work if the source cannot be read."""
-    if exclude and (spec == BUILTIN or spec.startswith(HUB_PREFIX) or Path(spec).expanduser().is_file()):
-        raise UserError(f"data.exclude: only a folder's files can be excluded, and data.path '{spec}' is not a "
-                        "folder; remove data.exclude or point data.path at a folder")
+    not_a_folder = (f"data.exclude: only a folder's files can be excluded, and data.path '{spec}' is not a folder; "
+                    "remove data.exclude or point data.path at a folder")
     if spec == BUILTIN or spec.startswith(HUB_PREFIX):
+        if exclude:
+            raise UserError(not_a_folder)
         return
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"{field}: '{spec}' does not exist; give a text file or folder, '{BUILTIN}', "
                         f"or '{HUB_PREFIX}<dataset name>'")
+    if exclude and path.is_file():
+        raise UserError(not_a_folder)
     everything = files_of(path)
     for pattern in exclude:
         if not any(_matches(p.relative_to(path), pattern) for p in everything):
