@@ -99,7 +99,8 @@ def plots(all_rows: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(figsize=(7, 4.5))
     for r in all_rows:
         axes.plot([s / 60 for s in r["curve"]["elapsed_s"]], r["curve"]["loss"], label=f"{r['study']}/{r['label']}")
-    axes.set(xlabel="training time (min)", ylabel="training loss", title="pre-training loss against time")
+    axes.set(xlabel="training time (min)", ylabel="training loss (log scale)", title="pre-training loss against time",
+             yscale="log")  # ELECTRA's loss (generator MLM + 50 x detection BCE) is five times MLM's
     axes.grid(alpha=0.3)
     axes.legend(fontsize="x-small")
     fig.tight_layout()

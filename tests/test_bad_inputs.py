@@ -81,7 +81,7 @@ def _cases(w) -> list[tuple[str, list[str], list[str]]]:
         ("plugin-not-objective", [*new, "objective.name=tests.plugins.shuffle_objective:NotAnObjective"],
          ["is not a subclass of pretrain_bench.objectives.Objective"]),
         ("objective-model-mismatch", [*new, "objective.name=electra", "model.arch=crammed"],
-         ["model.arch 'crammed'", "set model.arch=bert"]),
+         ["objective.embedding_sharing 'es' on model.arch crammed", "set objective.generator_width: 1.0"]),
         ("seq-len-vs-positions", [*new, "data.seq_len=1024"], ["exceeds model.max_position_embeddings"]),
         ("ramp-without-accumulation", [*new, "budget.batch_size_ramp=0.5"], ["budget.batch_size_ramp"]),
         ("corpus-missing", [*new, f"data.path={f / 'nowhere'}"], ["data.path", "does not exist"]),

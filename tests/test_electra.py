@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.stats import mannwhitneyu
-from transformers import (AutoModelForMaskedLM, AutoModelForPreTraining, AutoModelForSequenceClassification,
-                          AutoTokenizer)
+from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining,
+                          AutoModelForSequenceClassification, AutoTokenizer)
 
 from pretrain_bench import config
 from pretrain_bench.errors import UserError
@@ -289,12 +289,91 @@ def test_electra_small_config_has_the_papers_shapes(tmp_path):
 
 
 def test_impossible_combinations_are_refused(tmp_path, tiny_overrides):
-    with pytest.raises(UserError, match="model.arch 'crammed'; set model.arch=bert"):
+    with pytest.raises(UserError, match=r"'es' on model.arch crammed shares tables of width 64, so the generator "
+                       r"must be as wide \(objective.generator_width gives 16\); set objective.generator_width: 1.0"):
         tiny_config(tiny_overrides, tmp_path, "objective.name=electra", "model.arch=crammed")
+    with pytest.raises(UserError, match="objective.embedding_size 32: model.arch crammed has no embedding projection"):
+        tiny_config(tiny_overrides, tmp_path, "objective.name=electra", "model.arch=crammed",
+                    "objective.generator_width=1.0", "objective.embedding_size=32")
     with pytest.raises(UserError, match="generator of width 129, not divisible by its 2 heads"):
         tiny_config(tiny_overrides, tmp_path, "objective.name=electra", "model.hidden_size=516", "model.num_heads=4")
     with pytest.raises(UserError, match="objective.disc_weight"):
         tiny_config(tiny_overrides, tmp_path, "objective.name=electra", "objective.disc_weight=-1")
+
+
+# --- the crammed family: both networks in ModernBERT's layout -----------------------------------------------
+
+CRAMMED = ModelConfig(arch="crammed", hidden_dropout=0.0, attention_dropout=0.0)  # 2 layers, width 64
+
+
+def build_crammed(sharing="es", seed=0):
+    return build(model=CRAMMED, seed=seed, generator_width=1.0, generator_depth=0.5, embedding_sharing=sharing)
+
+
+def test_crammed_networks_are_modernbert_with_a_shallower_generator():
+    obj, module = build_crammed()
+    assert type(module.generator).__name__ == "ModernBertForMaskedLM"
+    assert type(module.discriminator).__name__ == "ModernBertForTokenClassification"
+    assert module.generator.config.num_hidden_layers == 1 and module.discriminator.config.num_hidden_layers == 2
+    assert module.generator.config.hidden_size == module.discriminator.config.hidden_size == 64
+    ids, inputs = batch(obj)
+    module.eval()
+    with torch.no_grad():
+        out = module(**inputs)
+    assert out["_disc_logits"].shape == ids.shape
+    assert torch.equal(out["loss"], out["gen_loss"] + 50.0 * out["disc_loss"])
+    active = inputs["attention_mask"].bool()
+    bce = F.binary_cross_entropy_with_logits(out["_disc_logits"][active], out["_disc_labels"][active].float())
+    assert torch.allclose(out["disc_loss"], bce, atol=1e-6)
+
+
+def test_crammed_sharing():
+    _, es = build_crammed("es")
+    table = es.discriminator.model.embeddings.tok_embeddings.weight
+    assert es.generator.model.embeddings is es.discriminator.model.embeddings
+    assert es.generator.decoder.weight.data_ptr() == table.data_ptr()
+    es.load_state_dict({k: v.clone() for k, v in es.state_dict().items()})  # as a resume does
+    assert es.generator.decoder.weight.data_ptr() == table.data_ptr()
+    _, nes = build_crammed("nes")
+    own = nes.generator.model.embeddings.tok_embeddings.weight
+    assert own.data_ptr() != nes.discriminator.model.embeddings.tok_embeddings.weight.data_ptr()
+    assert nes.generator.decoder.weight.data_ptr() == own.data_ptr()
+    obj, gdes = build_crammed("gdes")
+    source = gdes.generator.model.embeddings.tok_embeddings.weight
+    shared = gdes.discriminator.model.embeddings.tok_embeddings
+    delta = shared.parametrizations.weight.original
+    assert torch.equal(shared.weight, source) and not delta.any()
+    _, inputs = batch(obj)
+    seen = capture_discriminator_input(gdes)
+    out = gdes(**inputs)
+    disc_loss, _ = gdes.discriminate(seen["input_ids"], inputs["attention_mask"], out["_disc_labels"])
+    to_source, to_delta = torch.autograd.grad(disc_loss, [source, delta], allow_unused=True)
+    assert (to_source is None or not to_source.any()) and to_delta.abs().sum() > 0
+
+
+@pytest.mark.parametrize("sharing", ["es", "gdes"])
+def test_crammed_export_is_the_discriminators_encoder(tmp_path, sharing):
+    obj, module = build_crammed(sharing)
+    with torch.no_grad():  # trained-looking weights: E_delta away from zero, a detection head of its own
+        for p in module.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    assert obj.export(module, tmp_path) == [tmp_path, tmp_path / "generator"]
+    encoder = AutoModel.from_pretrained(tmp_path)
+    assert type(encoder).__name__ == "ModernBertModel"
+    expected = module.discriminator.model.state_dict()
+    for name, value in encoder.state_dict().items():
+        if name == "embeddings.tok_embeddings.weight":  # gdes: E_G + E_delta as one plain table
+            assert torch.equal(value, module.discriminator.model.embeddings.tok_embeddings.weight)
+        else:
+            assert torch.equal(value, expected[name]), name
+    generator = AutoModelForMaskedLM.from_pretrained(tmp_path / "generator")
+    assert torch.equal(generator.model.embeddings.tok_embeddings.weight,
+                       module.generator.model.embeddings.tok_embeddings.weight)
+    torch.manual_seed(0)
+    regression = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=1)
+    # the detection logit is not reused as a one-label task head
+    assert not torch.equal(regression.classifier.weight, module.discriminator.classifier.weight)
+    assert torch.equal(regression.model.embeddings.tok_embeddings.weight, encoder.embeddings.tok_embeddings.weight)
 
 
 # --- end to end through DeepSpeed -------------------------------------------------------------------------
@@ -381,6 +460,25 @@ def test_gdes_run_exports_the_generator_table_plus_delta(tmp_path, tiny_override
             delta = state[f"discriminator.electra.embeddings.{table}.parametrizations.weight.original"]
             assert torch.equal(state[f"generator.electra.embeddings.{table}.weight"], source)
             assert torch.equal(exported, source + delta)
+
+
+@pytest.mark.e2e
+def test_crammed_run_exports_the_trained_encoder(tmp_path, tiny_overrides):
+    cfg = tiny_config(tiny_overrides, tmp_path / "crammed", "objective.name=electra", "model.arch=crammed",
+                      "objective.generator_width=1.0", "objective.generator_depth=0.5", "train.max_steps=6",
+                      "train.eval_at=[1.0]", "train.lr=2e-3", "train.threads=1")
+    summary = train(cfg)
+    assert summary["steps"] == 6 and all(line["disc_auc"] is not None for line in read_metrics(cfg.run_dir))
+    final = Path(cfg.run_dir) / "final"
+    encoder = AutoModel.from_pretrained(final)
+    checkpoint = sorted((Path(cfg.run_dir) / "checkpoints").glob("step*"))[-1]
+    state = torch.load(checkpoint / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(value, state[f"discriminator.model.{name}"]), name
+    classifier = AutoModelForSequenceClassification.from_pretrained(final, num_labels=2)
+    ids = AutoTokenizer.from_pretrained(final)(["The quiet cat slowly finds a garden."], return_tensors="pt")
+    with torch.no_grad():
+        assert classifier(**ids).logits.shape == (1, 2)
 
 
 @pytest.mark.e2e

@@ -40,7 +40,7 @@ def test_electra_keys_stay_flat_round_trip_and_keep_their_hints(tmp_path):
         config.load(path, ["objective.generator_widht=0.3", "objective.masking.mask_prb=0.8"])
     assert "unknown key 'objective.generator_widht' (did you mean 'generator_width'?)" in str(error.value)
     assert "unknown key 'objective.masking.mask_prb' (did you mean 'mask_prob'?)" in str(error.value)
-    with pytest.raises(UserError, match="objective electra builds transformers ELECTRA networks"):
+    with pytest.raises(UserError, match="'es' on model.arch crammed shares tables"):
         config.load(path, ["model.arch=crammed"])  # the base's own check() still runs
 
 

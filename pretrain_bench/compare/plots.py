@@ -24,7 +24,9 @@ def pretrain_loss(results: dict, path: Path) -> None:
         by_tokens.plot(run["curve"]["tokens"], run["curve"]["loss"], color=line.get_color(), label=label)
         by_time.scatter(run["eval_curve"]["elapsed_s"], run["eval_curve"]["eval_loss"], color=line.get_color(), s=18)
         by_tokens.scatter(run["eval_curve"]["tokens"], run["eval_curve"]["eval_loss"], color=line.get_color(), s=18)
-    by_time.set(xlabel="training time (s)", ylabel="loss", title="loss against time")
+    # log scale: objectives' losses differ in kind (ELECTRA's is generator MLM + 50 x detection BCE), and
+    # each curve's shape has to stay readable beside the others
+    by_time.set(xlabel="training time (s)", ylabel="loss (log scale)", title="loss against time", yscale="log")
     by_tokens.set(xlabel="tokens seen", title="loss against tokens")
     by_tokens.legend(title="lines: training, dots: held-out", fontsize="small")
     for axes in (by_time, by_tokens):

@@ -92,20 +92,22 @@ class ReplacedTokenDetection(nn.Module):
     """Generator MLM on the masked positions, Gumbel-max samples put into the original sequence, and
     the discriminator's BCE over every non-pad token; loss = gen_loss + disc_weight * disc_loss."""
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, cfg: ElectraObjectiveConfig):
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, family: networks.Family,
+                 cfg: ElectraObjectiveConfig):
         super().__init__()
-        self.generator, self.discriminator = generator, discriminator
+        self.generator, self.discriminator, self.family = generator, discriminator, family
         self.temperature, self.disc_weight = cfg.temperature, cfg.disc_weight
         self.disallow_correct = cfg.disallow_correct
         self.kinds = (Corruption.MASK, Corruption.KEEP) + ((Corruption.RANDOM,) if cfg.masking.random_prob else ())
 
     def generate(self, input_ids, attention_mask, labels, corruption_type):
         """(MLM loss, its metrics and side outputs, fp32 logits at the masked positions)."""
-        hidden = self.generator.electra(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        encoder = self.family.encoder(self.generator)
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = []
 
         def predict(h):  # keeps the sparse logits: they are also the sampling distribution
-            logits.append(self.generator.generator_lm_head(self.generator.generator_predictions(h)).float())
+            logits.append(self.family.predict(self.generator, h).float())
             return logits[0]
 
         loss, metrics = sparse_mlm(predict, hidden, labels, corruption_type, prefix="gen", kinds_reported=self.kinds)
@@ -113,7 +115,7 @@ class ReplacedTokenDetection(nn.Module):
 
     def discriminate(self, input_ids, attention_mask, replaced):
         """(BCE in fp32 over non-pad tokens, logits[B, L])."""
-        logits = self.discriminator(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = networks.detection_logits(self.discriminator, input_ids, attention_mask)
         active = attention_mask.bool()
         return F.binary_cross_entropy_with_logits(logits[active].float(), replaced[active].float()), logits
 
@@ -161,10 +163,17 @@ class Electra(Objective):
     @classmethod
     def check(cls, config, model):
         issues = []
-        if model.arch != "bert":
-            issues.append(f"objective electra builds transformers ELECTRA networks (BERT layout), not model.arch "
-                          f"'{model.arch}'; set model.arch=bert")
         _, hidden, heads, _ = networks.generator_dims(model, cls.generator_width(config, model), config.generator_depth)
+        width = model.dims()[1]
+        if model.arch == "crammed":  # ModernBERT's embeddings have no projection to another width
+            if config.embedding_size not in (None, width):
+                issues.append(f"objective.embedding_size {config.embedding_size}: model.arch crammed has no "
+                              f"embedding projection; leave it unset (the width, {width})")
+            if config.embedding_sharing != "nes" and hidden != width:
+                issues.append(f"objective.embedding_sharing '{config.embedding_sharing}' on model.arch crammed shares "
+                              f"tables of width {width}, so the generator must be as wide (objective.generator_width "
+                              f"gives {hidden}); set objective.generator_width: 1.0 and make the generator smaller with "
+                              "objective.generator_depth (DeBERTa-v3: 0.5), or objective.embedding_sharing: nes")
         if hidden % heads:
             issues.append(f"objective.generator_width gives a generator of width {hidden}, not divisible by its "
                           f"{heads} heads of ~64; choose a width share that makes it a multiple of {heads}")
@@ -190,10 +199,10 @@ class Electra(Objective):
         generator, discriminator = networks.build_pair(
             model, self.vocab, width=self.generator_width(c, model), depth=c.generator_depth,
             embedding_size=c.embedding_size or model.dims()[1], sharing=c.embedding_sharing)
-        return ReplacedTokenDetection(generator, discriminator, c)
+        return ReplacedTokenDetection(generator, discriminator, networks.FAMILIES[model.arch], c)
 
     def export(self, module, folder: Path):
         """The discriminator as `folder` itself (fine-tune it), the generator in `folder/generator`."""
-        module.discriminator.save_pretrained(folder, state_dict=networks.plain_state_dict(module.discriminator))
+        networks.save_discriminator(module.discriminator, folder)
         module.generator.save_pretrained(folder / "generator")
         return [folder, folder / "generator"]
