@@ -289,8 +289,9 @@ def test_electra_small_config_has_the_papers_shapes(tmp_path):
 
 
 def test_impossible_combinations_are_refused(tmp_path, tiny_overrides):
-    with pytest.raises(UserError, match=r"'es' on model.arch crammed shares tables of width 64, so the generator "
-                       r"must be as wide \(objective.generator_width gives 16\); set objective.generator_width: 1.0"):
+    with pytest.raises(UserError, match=r"'es' on model.arch crammed shares tables of width 64, so the generator must "
+                       r"be as wide \(objective.generator_width gives a generator of width 16\); set "
+                       r"objective.generator_width: 1.0"):
         tiny_config(tiny_overrides, tmp_path, "objective.name=electra", "model.arch=crammed")
     with pytest.raises(UserError, match="objective.embedding_size 32: model.arch crammed has no embedding projection"):
         tiny_config(tiny_overrides, tmp_path, "objective.name=electra", "model.arch=crammed",
@@ -320,11 +321,22 @@ def test_crammed_networks_are_modernbert_with_a_shallower_generator():
     module.eval()
     with torch.no_grad():
         out = module(**inputs)
-    assert out["_disc_logits"].shape == ids.shape
     assert torch.equal(out["loss"], out["gen_loss"] + 50.0 * out["disc_loss"])
+    with torch.no_grad():  # the discriminator's own forward on what it saw, one logit per token
+        logits = module.discriminator(input_ids=out["_disc_input_ids"], attention_mask=inputs["attention_mask"]).logits
+    assert logits.shape == (*ids.shape, 1) and torch.equal(out["_disc_logits"], logits[..., 0])
     active = inputs["attention_mask"].bool()
-    bce = F.binary_cross_entropy_with_logits(out["_disc_logits"][active], out["_disc_labels"][active].float())
+    bce = F.binary_cross_entropy_with_logits(logits[..., 0][active], out["_disc_labels"][active].float())
     assert torch.allclose(out["disc_loss"], bce, atol=1e-6)
+
+
+def test_crammed_nes_takes_a_narrower_generator():
+    obj, module = build(model=CRAMMED, generator_width=0.25, embedding_sharing="nes")
+    assert module.generator.config.hidden_size == 16 and module.generator.config.num_attention_heads == 1
+    _, inputs = batch(obj)
+    out = module(**inputs)
+    out["loss"].backward()
+    assert module.generator.model.embeddings.tok_embeddings.weight.grad.abs().sum() > 0
 
 
 def test_crammed_sharing():
@@ -343,12 +355,15 @@ def test_crammed_sharing():
     shared = gdes.discriminator.model.embeddings.tok_embeddings
     delta = shared.parametrizations.weight.original
     assert torch.equal(shared.weight, source) and not delta.any()
+    assert gdes.generator.decoder.weight.data_ptr() == source.data_ptr()  # the generator's head stays on E_G
     _, inputs = batch(obj)
     seen = capture_discriminator_input(gdes)
     out = gdes(**inputs)
     disc_loss, _ = gdes.discriminate(seen["input_ids"], inputs["attention_mask"], out["_disc_labels"])
     to_source, to_delta = torch.autograd.grad(disc_loss, [source, delta], allow_unused=True)
     assert (to_source is None or not to_source.any()) and to_delta.abs().sum() > 0
+    gen_loss, _, _ = gdes.generate(**inputs)
+    assert torch.autograd.grad(gen_loss, source)[0].abs().sum() > 0  # only the MLM loss moves E_G
 
 
 @pytest.mark.parametrize("sharing", ["es", "gdes"])
@@ -369,7 +384,8 @@ def test_crammed_export_is_the_discriminators_encoder(tmp_path, sharing):
     generator = AutoModelForMaskedLM.from_pretrained(tmp_path / "generator")
     assert torch.equal(generator.model.embeddings.tok_embeddings.weight,
                        module.generator.model.embeddings.tok_embeddings.weight)
-    torch.manual_seed(0)
+    for folder in (tmp_path, tmp_path / "generator"):  # no one-label (regression) default from the detection head
+        assert AutoModelForSequenceClassification.from_pretrained(folder).classifier.out_features == 2
     regression = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=1)
     # the detection logit is not reused as a one-label task head
     assert not torch.equal(regression.classifier.weight, module.discriminator.classifier.weight)

@@ -83,12 +83,18 @@ def reference_triggers(out, trigger: str, ids, mask):
     return found, eligible
 
 
-@pytest.mark.parametrize("trigger", ["generator", "discriminator", "discriminator_missed"])
-def test_penalty_and_metrics_match_a_reference_loop_on_the_discriminator(tmp_path, trigger):
-    model_cfg = TINY.model_copy(update={"num_heads": 4})
+# the crammed discriminator (ModernBERT's layout) with a generator as wide, half as deep: check()'s rule
+CRAMMED_ELECTRA = {"generator_width": 1.0, "generator_depth": 0.5}
+
+
+@pytest.mark.parametrize("arch,trigger", [("bert", "generator"), ("bert", "discriminator"),
+                                          ("bert", "discriminator_missed"), ("crammed", "discriminator")])
+def test_penalty_and_metrics_match_a_reference_loop_on_the_discriminator(tmp_path, arch, trigger):
+    model_cfg = TINY.model_copy(update={"num_heads": 4, "arch": arch})
     heads = [[0, 2], [1, 0], [1, 3]]
     partners, scores = random_table(seed=2)
-    objective = mpa_objective(tmp_path, (partners, scores), base="electra", guided_heads=heads, trigger=trigger)
+    objective = mpa_objective(tmp_path, (partners, scores), base="electra", guided_heads=heads, trigger=trigger,
+                              base_keys=CRAMMED_ELECTRA if arch == "crammed" else {})
     torch.manual_seed(0)
     module = objective.build(model_cfg).eval()
     inputs = batch_with_padding(rows=16, length=24, seed=5, objective=objective)

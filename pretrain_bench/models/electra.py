@@ -18,6 +18,7 @@ Both export with `save_pretrained` and load with `AutoModelFor*` without this pa
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,14 +26,15 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from transformers import (ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining, ModernBertForMaskedLM,
-                          ModernBertForTokenClassification, PretrainedConfig, PreTrainedModel)
+from transformers import (ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining, ModernBertForTokenClassification,
+                          PretrainedConfig, PreTrainedModel)
 
 from pretrain_bench.models import backbone
 from pretrain_bench.models.backbone import ModelConfig
 from pretrain_bench.objectives.base import Vocab
 
 Dims = tuple[int, int, int, int]  # (layers, hidden, heads, ffn)
+CRAMMED = backbone.ARCHITECTURES["crammed"]  # the crammed encoder, whose layout both networks take
 
 
 def generator_dims(model: ModelConfig, width: float, depth: float) -> Dims:
@@ -53,12 +55,28 @@ def _electra_config(model: ModelConfig, vocab: Vocab, dims: Dims, embedding_size
 
 
 def _crammed_config(model: ModelConfig, vocab: Vocab, dims: Dims, embedding_size: int) -> PretrainedConfig:
+    """`embedding_size` is unused: ModernBERT's tables have the encoder's width (check() refuses another)."""
     layers, hidden, heads, ffn = dims
     shaped = model.model_copy(update={"num_layers": layers, "hidden_size": hidden, "num_heads": heads,
                                       "intermediate_size": ffn})
-    config = backbone.ARCHITECTURES["crammed"].make_config(shaped, vocab)
-    config.num_labels = 1  # the discriminator's replaced/original logit; unused by the generator
-    return config
+    return CRAMMED.make_config(shaped, vocab)
+
+
+def _crammed_discriminator(config: PretrainedConfig) -> PreTrainedModel:
+    """A token classifier with one label: the replaced/original logit."""
+    config.num_labels = 1
+    return ModernBertForTokenClassification(config)
+
+
+def _crammed_exported(discriminator: PreTrainedModel) -> PreTrainedModel:
+    """The crammed discriminator's encoder (`ModernBertModel`). ModernBERT has no replaced-token-detection
+    class, and its token classifier's last layer is named `classifier`, as the fine-tuning head is, which
+    would then start from the detection weights. The config drops the detection head's single label, so a
+    plain `AutoModelForSequenceClassification` load gets transformers' default (2), not a regression head."""
+    encoder = copy.copy(discriminator.model)  # the same modules and weights, under a config of its own
+    encoder.config = copy.deepcopy(discriminator.model.config)
+    encoder.config.num_labels = PretrainedConfig().num_labels
+    return encoder
 
 
 @dataclass(frozen=True)
@@ -67,10 +85,11 @@ class Family:
 
     make_config: Callable[[ModelConfig, Vocab, Dims, int], PretrainedConfig]
     generator_class: type[PreTrainedModel]
-    discriminator_class: type[PreTrainedModel]
+    make_discriminator: Callable[[PretrainedConfig], PreTrainedModel]
     encoder_attr: str                  # the encoder inside either network
     gdes_tables: tuple[str, ...]       # the tables GDES shares, as DeBERTa-v3's rtd_task.py
     predict: Callable[[PreTrainedModel, torch.Tensor], torch.Tensor]  # generator, hidden[N, H] -> logits[N, V]
+    exported: Callable[[PreTrainedModel], PreTrainedModel]  # discriminator -> the model its export saves
 
     def encoder(self, network: PreTrainedModel) -> nn.Module:
         return getattr(network, self.encoder_attr)
@@ -82,10 +101,10 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "bert": Family(_electra_config, ElectraForMaskedLM, ElectraForPreTraining, "electra",
                    ("word_embeddings", "position_embeddings"),
-                   lambda generator, hidden: generator.generator_lm_head(generator.generator_predictions(hidden))),
-    "crammed": Family(_crammed_config, ModernBertForMaskedLM, ModernBertForTokenClassification, "model",
-                      ("tok_embeddings",),
-                      lambda generator, hidden: generator.decoder(generator.head(hidden))),
+                   lambda generator, hidden: generator.generator_lm_head(generator.generator_predictions(hidden)),
+                   lambda discriminator: discriminator),
+    "crammed": Family(_crammed_config, CRAMMED.mlm_class, _crammed_discriminator, CRAMMED.encoder_attr,
+                      ("tok_embeddings",), CRAMMED.predict, _crammed_exported),
 }
 
 
@@ -100,7 +119,7 @@ def build_pair(model: ModelConfig, vocab: Vocab, *, width: float, depth: float, 
         made._attn_implementation = model.attn_implementation
         return made
 
-    discriminator = family.discriminator_class(config(model.dims()))  # first: the seed's draws as before
+    discriminator = family.make_discriminator(config(model.dims()))  # first: the seed's draws as before
     generator = family.generator_class(config(generator_dims(model, width, depth)))
     if sharing == "es":
         family.encoder(generator).embeddings = family.embeddings(discriminator)
@@ -121,9 +140,8 @@ def build_pair(model: ModelConfig, vocab: Vocab, *, width: float, depth: float, 
 
 def detection_logits(discriminator: PreTrainedModel, input_ids: torch.Tensor,
                      attention_mask: torch.Tensor) -> torch.Tensor:
-    """logits[B, L] of 'replaced' (ElectraForPreTraining gives [B, L], the token classifier [B, L, 1])."""
-    logits = discriminator(input_ids=input_ids, attention_mask=attention_mask).logits
-    return logits.squeeze(-1) if logits.dim() == 3 else logits
+    """logits[B, L] of 'replaced' (ElectraForPreTraining gives [B, L], a one-label token classifier [B, L, 1])."""
+    return discriminator(input_ids=input_ids, attention_mask=attention_mask).logits.reshape(input_ids.shape)
 
 
 class DetachedPlusDelta(nn.Module):
@@ -165,12 +183,7 @@ def plain_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_discriminator(discriminator: PreTrainedModel, folder: Path) -> None:
-    """`ElectraForPreTraining` whole; the crammed discriminator as its encoder (`ModernBertModel`):
-    ModernBERT has no replaced-token-detection class, and its token classifier's `classifier` layer has
-    the name of the fine-tuning head, which would then start from the detection weights."""
-    if isinstance(discriminator, ElectraForPreTraining):
-        discriminator.save_pretrained(folder, state_dict=plain_state_dict(discriminator))
-    else:
-        encoder = discriminator.model
-        encoder.save_pretrained(folder, state_dict=plain_state_dict(encoder))
+def save_discriminator(discriminator: PreTrainedModel, family: Family, folder: Path) -> None:
+    """`ElectraForPreTraining` whole; the crammed discriminator as its encoder (see `_crammed_exported`)."""
+    network = family.exported(discriminator)
+    network.save_pretrained(folder, state_dict=plain_state_dict(network))

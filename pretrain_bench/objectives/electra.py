@@ -172,8 +172,9 @@ class Electra(Objective):
             if config.embedding_sharing != "nes" and hidden != width:
                 issues.append(f"objective.embedding_sharing '{config.embedding_sharing}' on model.arch crammed shares "
                               f"tables of width {width}, so the generator must be as wide (objective.generator_width "
-                              f"gives {hidden}); set objective.generator_width: 1.0 and make the generator smaller with "
-                              "objective.generator_depth (DeBERTa-v3: 0.5), or objective.embedding_sharing: nes")
+                              f"gives a generator of width {hidden}); set objective.generator_width: 1.0 and make the "
+                              "generator smaller with objective.generator_depth (DeBERTa-v3: 0.5), or "
+                              "objective.embedding_sharing: nes")
         if hidden % heads:
             issues.append(f"objective.generator_width gives a generator of width {hidden}, not divisible by its "
                           f"{heads} heads of ~64; choose a width share that makes it a multiple of {heads}")
@@ -203,6 +204,6 @@ class Electra(Objective):
 
     def export(self, module, folder: Path):
         """The discriminator as `folder` itself (fine-tune it), the generator in `folder/generator`."""
-        networks.save_discriminator(module.discriminator, folder)
+        networks.save_discriminator(module.discriminator, module.family, folder)
         module.generator.save_pretrained(folder / "generator")
         return [folder, folder / "generator"]
