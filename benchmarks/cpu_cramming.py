@@ -97,6 +97,7 @@ def table(all_rows: list[dict]) -> str:
 
 def plots(all_rows: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(figsize=(7, 4.5))
+    axes.set_prop_cycle(color=plt.cm.tab20.colors)  # a colour per run, past ten runs too
     for r in all_rows:
         axes.plot([s / 60 for s in r["curve"]["elapsed_s"]], r["curve"]["loss"], label=f"{r['study']}/{r['label']}")
     axes.set(xlabel="training time (min)", ylabel="training loss (log scale)", title="pre-training loss against time",
@@ -108,18 +109,19 @@ def plots(all_rows: list[dict], out: Path) -> None:
     plt.close(fig)
     tasks = sorted({t for r in all_rows for t in r["tasks"]})
     fig, panels = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    colours = dict(zip((id(r) for r in all_rows), plt.cm.tab20.colors * 2))  # one per run, in every panel
     for axes, task in zip(panels[0], tasks):
         for r in (r for r in all_rows if task in r["tasks"]):
             ours, base = r["tasks"][task]
-            dot = axes.errorbar(r["tokens"], 100 * ours["median"], yerr=[[100 * (ours["median"] - ours["min"])],
-                                [100 * (ours["max"] - ours["median"])]], fmt="o", capsize=3,
-                                label=f"{r['study']}/{r['label']}")
+            axes.errorbar(r["tokens"], 100 * ours["median"], yerr=[[100 * (ours["median"] - ours["min"])],
+                          [100 * (ours["max"] - ours["median"])]], fmt="o", capsize=3, color=colours[id(r)],
+                          label=f"{r['study']}/{r['label']}")
             if base:
-                axes.scatter(r["tokens"], 100 * base["median"], marker="x", color=dot[0].get_color())
+                axes.scatter(r["tokens"], 100 * base["median"], marker="x", color=colours[id(r)])
         axes.set(xscale="log", xlabel="pre-training tokens", ylabel="dev score (x100)",
                  title=f"{task}: median of seeds (o) and its random-init floor (x)")
         axes.grid(alpha=0.3)
-    panels[0][-1].legend(fontsize="x-small")
+        axes.legend(fontsize="xx-small", ncol=2)
     fig.tight_layout()
     fig.savefig(out / "score_vs_tokens.png", dpi=110)
     plt.close(fig)
