@@ -49,7 +49,7 @@ def current(study: dict) -> dict:
 def lever(study: dict, reference: dict) -> str:
     """The settings of this study that differ from the reference study, as key=value."""
     sections = ("data", "model", "train", "budget", "finetune")
-    mine, theirs = (flat({k: current(config)[k] for k in sections}) for config in (study, reference))
+    mine, theirs = (flat({k: v for k, v in current(config).items() if k in sections}) for config in (study, reference))
     # how a run was run, not what it was
     watched = RESUMABLE_KEYS - {"train.max_steps"} | {f"finetune.{k}" for k in OPERATIONAL_KEYS}
     return ", ".join(f"{k}={v}" for k, v in mine.items() if theirs.get(k) != v and k not in watched) or "reference"
@@ -109,7 +109,7 @@ def plots(all_rows: list[dict], out: Path) -> None:
     plt.close(fig)
     tasks = sorted({t for r in all_rows for t in r["tasks"]})
     fig, panels = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    colours = dict(zip((id(r) for r in all_rows), plt.cm.tab20.colors * 2))  # one per run, in every panel
+    colours = {id(r): plt.cm.tab20.colors[i % 20] for i, r in enumerate(all_rows)}  # a run's colour in every panel
     for axes, task in zip(panels[0], tasks):
         for r in (r for r in all_rows if task in r["tasks"]):
             ours, base = r["tasks"][task]

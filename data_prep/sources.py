@@ -31,8 +31,11 @@ def files_of(path: Path, exclude: Sequence[str] = ()) -> list[Path]:
     whose path relative to the folder matches a glob pattern of `exclude`."""
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-    return [p for p in files if not any(_matches(p.relative_to(path), pattern) for pattern in exclude)]
+    return _kept(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES), path, exclude)
+
+
+def _kept(files: list[Path], root: Path, exclude: Sequence[str]) -> list[Path]:
+    return [p for p in files if not any(_matches(p.relative_to(root), pattern) for pattern in exclude)]
 
 
 def _matches(relative: Path, pattern: str) -> bool:
@@ -72,7 +75,7 @@ def check(spec: str, exclude: Sequence[str] = (), field: str = "data.path") -> N
                             "relative to the folder, such as 'python311_docs.jsonl' or 'code/*'); fix the pattern")
     if not everything:
         raise UserError(f"{field}: '{spec}' holds no {'/'.join(SUFFIXES)} files; point it at the corpus")
-    files = files_of(path, exclude)
+    files = _kept(everything, path, exclude)
     if not files:
         raise UserError(f"data.exclude: the patterns leave out every file under '{spec}'; remove or narrow one")
     if all(p.stat().st_size == 0 for p in files):
