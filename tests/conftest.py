@@ -66,13 +66,13 @@ def cli(*args, check=True, timeout=600, env=None, **kwargs) -> subprocess.Comple
     return result
 
 
-def launch(*args, num_gpus: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+def launch(*args, num_gpus: int = 2, timeout: int = 600, port: int | None = None) -> subprocess.CompletedProcess:
     """`deepspeed --num_gpus N --module pretrain_bench ...` with this environment's launcher (whether or
-    not it is on PATH), CPU ranks and a free port."""
+    not it is on PATH), CPU ranks and `port` (a free one by default)."""
     from pretrain_bench.train.engine import free_port
 
     launcher = Path(sys.executable).with_name("deepspeed")
-    command = [str(launcher), "--num_gpus", str(num_gpus), "--master_port", str(free_port()),
+    command = [str(launcher), "--num_gpus", str(num_gpus), "--master_port", str(port or free_port()),
                "--module", "pretrain_bench", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                           env=clean_env(DS_ACCELERATOR="cpu"))
@@ -83,3 +83,8 @@ def read_metrics(run_dir: Path, split: str = "train") -> list[dict]:
 
     return [r for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())
             if r["split"] == split]
+
+
+def shm_buffers_left(port: int) -> list[Path]:
+    """DeepSpeed's CPU all-reduce buffers that the ranks of a run on `port` left in /dev/shm."""
+    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from pretrain_bench import cli
 from pretrain_bench.train.checkpoint import TMP_PREFIX, CheckpointManager
-from tests.conftest import REPO, clean_env, launch, read_metrics
+from tests.conftest import REPO, clean_env, launch, read_metrics, shm_buffers_left
 
 pytestmark = pytest.mark.e2e
 CONFIG = REPO / "configs" / "tiny-cpu.yaml"
@@ -297,19 +297,25 @@ def test_a_dead_rank_stops_the_others_and_the_run_resumes(tmp_path, tiny_overrid
             "train.log_every=5", "train.eval_at=[1.0]", "train.zero_stage=2", f"run_dir={run_dir}"]
     from pretrain_bench.train.engine import free_port
 
+    port = free_port()
     launcher = subprocess.Popen([str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2", "--master_port",
-                                 str(free_port()), "--module", "pretrain_bench", *args], cwd=REPO,
+                                 str(port), "--module", "pretrain_bench", *args], cwd=REPO,
                                 env=clean_env(DS_ACCELERATOR="cpu"), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
     wait_for(launcher, lambda: logged_step(run_dir) >= 15, "step 15")
     rank1 = next(p for p in psutil.Process(launcher.pid).children(recursive=True)
                  if any(a.startswith("--local_rank=1") for a in p.cmdline()))
+    # Both ranks' shared-memory all-reduce buffers are mapped, and already unlinked, so the kill leaks none.
+    mapped = {line.split(maxsplit=5)[-1] for line in Path(f"/proc/{rank1.pid}/maps").read_text().splitlines()
+              if f"_{port}_" in line}
+    assert {name.rsplit("_", 1)[-1] for name in mapped} == {"0 (deleted)", "1 (deleted)"}, mapped
     rank1.kill()
     start_s = time.time()
     code, err = finish(launcher, timeout=120)  # not the 10-minute collective timeout
     assert code != 0 and time.time() - start_s < 60, err[-3000:]
     assert not [p for p in psutil.process_iter(["cmdline"]) if f"run_dir={run_dir}" in " ".join(p.info["cmdline"] or [])]
     assert_no_half_checkpoint_is_visible(run_dir)
+    assert not shm_buffers_left(port)
     saved = (run_dir / "checkpoints" / "latest").read_text()
     result = launch(*args, "--resume")
     assert result.returncode == 0, result.stderr[-3000:]

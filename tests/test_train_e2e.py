@@ -15,7 +15,8 @@ from pretrain_bench import objectives
 from pretrain_bench.models import backbone
 from pretrain_bench.objectives import Vocab
 from pretrain_bench.train.run import train
-from tests.conftest import REPO, clean_env, cli, launch, read_metrics, tiny_config
+from pretrain_bench.train.engine import free_port
+from tests.conftest import REPO, clean_env, cli, launch, read_metrics, shm_buffers_left, tiny_config
 
 pytestmark = pytest.mark.e2e
 
@@ -93,10 +94,11 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_overrides):
 
 
 def test_two_ranks_zero2_under_the_deepspeed_launcher(tmp_path, tiny_overrides):
-    run_dir = tmp_path / "two"
+    run_dir, port = tmp_path / "two", free_port()
     result = launch("train", str(REPO / "configs" / "tiny-cpu.yaml"), *tiny_overrides,
-                    "train.max_steps=20", "train.zero_stage=2", f"run_dir={run_dir}")
+                    "train.max_steps=20", "train.zero_stage=2", f"run_dir={run_dir}", port=port)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not shm_buffers_left(port)  # DeepSpeed's shared-memory all-reduce buffers are freed
     info = json.loads((run_dir / "final" / "pretrain_bench.json").read_text())
     assert info["world_size"] == 2 and info["steps"] == 20
     assert info["tokens"] == 20 * 2 * 16 * 64  # both ranks' rows count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,7 +31,25 @@ def init_distributed(timeout_s: float | None = None) -> tuple[int, int]:
 
     timeout = default_pg_timeout if timeout_s is None else timedelta(seconds=timeout_s)
     deepspeed.init_distributed(dist_backend=None, verbose=False, timeout=timeout)
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if os.environ.get("DS_ACCELERATOR") == "cpu":
+        release_shm_allreduce_buffer(rank, world)
+    return rank, world
+
+
+def shm_allreduce_buffer(rank: int) -> Path:
+    """Where DeepSpeed's CPU all-reduce keeps this rank's buffer (ops/csrc/cpu/comm/shm.cpp names it)."""
+    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+                               f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+
+
+def release_shm_allreduce_buffer(rank: int, world: int) -> None:
+    """DeepSpeed maps one 66 MB shared-memory buffer per rank on a CPU and never unlinks it, so every run
+    under the launcher would leave them in RAM. Once every rank has mapped its peers' (the barrier), the
+    names can go: the mappings live until the processes exit, a killed run included."""
+    if world > 1:
+        torch.distributed.barrier()
+    shm_allreduce_buffer(rank).unlink(missing_ok=True)
 
 
 def free_port() -> int:
