@@ -145,22 +145,48 @@ def bare_loop(args, objective_name: str) -> dict:
     module = objective.build(cfg.model).to(device)  # compiled in place when --compile
     optimizer = torch.optim.AdamW(parameter_groups(module, 0.01), lr=5e-4, foreach=not args.cuda, fused=args.cuda)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.cuda)
-    for i, batch in enumerate(batches):
-        if i == args.warmup:
-            if args.cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+
+    def step(batch):
         with autocast:
             loss = module(**batch)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    for i, batch in enumerate(batches):
+        if i == args.warmup:
+            if args.cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        step(batch)
     if args.cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"tokens_per_s": tokens / seconds, "step_s": seconds / args.steps,
+    profile = op_shares(step, batches[-3:], args.cuda) if args.profile else {}
+    return {"tokens_per_s": tokens / seconds, "step_s": seconds / args.steps, **profile,
             "flops_per_step": training_flops(module, batches[0]), "data_wait": 0.0, "peak_memory_mb": peak_memory_mb()}
+
+
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+
+
+def op_shares(step, batches, cuda: bool) -> dict:
+    """Where a step's time goes (torch.profiler over a few more steps): the share of the matmul kernels,
+    of the attention kernels, and the largest other operators. Matmuls and attention are what MFU counts;
+    everything else is time MFU cannot see, so their share bounds MFU from above."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for batch in batches:
+            step(batch)
+    own = {e.key: (e.self_device_time_total if cuda else e.self_cpu_time_total) for e in prof.key_averages()}
+    total = sum(own.values())
+    attention = {k for k in own if "attention" in k or "scaled_dot_product" in k}
+    others = sorted(((k, v / total) for k, v in own.items() if k not in MATMULS | attention), key=lambda kv: -kv[1])
+    return {"matmul_share": sum(own[k] for k in MATMULS if k in own) / total,
+            "attention_share": sum(own[k] for k in attention) / total, "top_others": others[:6]}
 
 
 def pretrain_bench_loop(args, objective_name: str) -> dict:
@@ -234,6 +260,16 @@ def table(results: dict, info: dict, peak: float) -> str:
                      f"{ratio(r['tokens_per_s'], baseline)} | {ratio(r['tokens_per_s'], bare.get('tokens_per_s'))} | "
                      f"{ratio(r['step_s'], mlm_step) if ours else ''} | "
                      f"{r['mfu']:.1%} | {r['data_wait']:.1%} | {r['peak_memory_mb']:,.0f} |")
+    profiled = {name: r for name, r in results.items() if "matmul_share" in r}
+    if profiled:
+        lines += ["", "Where the bare loop's step goes (torch.profiler, own time per operator): MFU counts the matmul and "
+                  "attention kernels only, so their share of the step bounds it.", "",
+                  "| contender | matmuls | attention | MFU if nothing else took time | largest other operators |",
+                  "|---|---:|---:|---:|---|"]
+        for name, r in profiled.items():
+            others = ", ".join(f"{op.removeprefix('aten::')} {share:.1%}" for op, share in r["top_others"])
+            lines.append(f"| {name} | {r['matmul_share']:.1%} | {r['attention_share']:.1%} | "
+                         f"{r['mfu_matmul_only']:.1%} | {others} |")
     return "\n".join(lines) + "\n"
 
 
@@ -248,6 +284,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile our encoder (bare loop and pretrain-bench; the baseline stays as run_mlm runs it)")
     p.add_argument("--num-workers", type=int, default=1, help="pretrain-bench DataLoader workers")
+    p.add_argument("--profile", action="store_true",
+                   help="profile the bare loops: matmul and attention shares of the step, the MFU ceiling they set")
     p.add_argument("--corpus", default=None, help="text file/folder (default: ../shared/data/corpus/en or the built-in corpus)")
     p.add_argument("--max-documents", type=int, default=20000, help="documents read for the benchmark data")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "pretrain-bench-benchmark"))
@@ -276,6 +314,8 @@ def main() -> None:
         results[contender] = r = child(args, contender)
         if "flops_per_step" in r:
             r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
+        if "matmul_share" in r:  # the MFU if every other operator took no time
+            r["mfu_matmul_only"] = r["mfu"] / (r["matmul_share"] + r["attention_share"])
         elif "mfu_logged" in r:
             r["mfu"] = r.pop("mfu_logged")
         print(f"  {json.dumps(r)}", file=sys.stderr, flush=True)
