@@ -45,7 +45,8 @@ def run_config(args, objective: str, run_dir: str) -> dict:
             "objective": {"name": objective},
             "train": {"max_steps": args.warmup + args.steps, "micro_batch_size": args.micro_batch,
                       "log_every": 1, "eval_at": [], "checkpoint_every_minutes": None,
-                      "num_workers": args.num_workers, "precision": "bf16" if args.cuda else "fp32"}}
+                      "num_workers": args.num_workers, "precision": "bf16" if args.cuda else "fp32",
+                      "peak_flops": args.peak_flops}}  # the driver's, so every contender's MFU has one denominator
 
 
 def peak_memory_mb() -> float:
@@ -225,8 +226,8 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def child(args, contender: str) -> dict:
-    command = [sys.executable, __file__, "--contender", contender, *sys.argv[1:]]
+def child(args, contender: str, peak: float) -> dict:
+    command = [sys.executable, __file__, "--contender", contender, "--peak-flops", str(peak), *sys.argv[1:]]
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu" if not args.cuda else "cuda")}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
@@ -290,6 +291,7 @@ def main() -> None:
     p.add_argument("--max-documents", type=int, default=20000, help="documents read for the benchmark data")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "pretrain-bench-benchmark"))
     p.add_argument("--contender", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--peak-flops", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     import torch
 
@@ -311,7 +313,7 @@ def main() -> None:
     results = {}
     for contender in contenders:
         print(f"running {contender} ...", file=sys.stderr, flush=True)
-        results[contender] = r = child(args, contender)
+        results[contender] = r = child(args, contender, peak)
         if "flops_per_step" in r:
             r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
         if "matmul_share" in r:  # the MFU if every other operator took no time
