@@ -164,26 +164,35 @@ def bare_loop(args, objective_name: str) -> dict:
     if args.cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    profile = op_shares(step, batches[-3:], args.cuda) if args.profile else {}
-    return {"tokens_per_s": tokens / seconds, "step_s": seconds / args.steps, **profile,
-            "flops_per_step": training_flops(module, batches[0]), "data_wait": 0.0, "peak_memory_mb": peak_memory_mb()}
+    measured = {"tokens_per_s": tokens / seconds, "step_s": seconds / args.steps, "data_wait": 0.0,
+                "peak_memory_mb": peak_memory_mb(), "flops_per_step": training_flops(module, batches[0])}
+    return {**measured, **(op_shares(step, batches[-3:], args.cuda) if args.profile else {})}
 
 
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
 
 def op_shares(step, batches, cuda: bool) -> dict:
-    """Where a step's time goes (torch.profiler over a few more steps): the share of the matmul kernels,
-    of the attention kernels, and the largest other operators. Matmuls and attention are what MFU counts;
-    everything else is time MFU cannot see, so their share bounds MFU from above."""
+    """Where a step's time goes (torch.profiler over a few more steps): the share of the wall time taken
+    by the matmul kernels, by the attention kernels, and by the largest other operators. Matmuls and
+    attention are what MFU counts; everything else is time MFU cannot see, so their share bounds MFU."""
+    import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
+        sync()
+        start = time.perf_counter()
         for batch in batches:
             step(batch)
-    own = {e.key: (e.self_device_time_total if cuda else e.self_cpu_time_total) for e in prof.key_averages()}
-    total = sum(own.values())
+        sync()
+        total = (time.perf_counter() - start) * 1e6  # microseconds, as the profiler counts
+    # operators as launched (on a GPU, with the device time of the kernels each launched; the kernels'
+    # own events would count that time twice)
+    own = {e.key: (e.self_device_time_total if cuda else e.self_cpu_time_total) for e in prof.key_averages()
+           if e.device_type == DeviceType.CPU}
     attention = {k for k in own if "attention" in k or "scaled_dot_product" in k}
     others = sorted(((k, v / total) for k, v in own.items() if k not in MATMULS | attention), key=lambda kv: -kv[1])
     return {"matmul_share": sum(own[k] for k in MATMULS if k in own) / total,
@@ -291,7 +300,8 @@ def main() -> None:
     p.add_argument("--max-documents", type=int, default=20000, help="documents read for the benchmark data")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "pretrain-bench-benchmark"))
     p.add_argument("--contender", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--peak-flops", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--peak-flops", type=float, default=None,
+                   help="MFU denominator in FLOP/s (default: a square matmul measured at the start)")
     args = p.parse_args()
     import torch
 
@@ -307,7 +317,7 @@ def main() -> None:
     from pretrain_bench.train.throughput import matmul_peak_flops
 
     dtype = torch.bfloat16 if args.cuda else torch.float32
-    peak = matmul_peak_flops("cuda" if args.cuda else "cpu", dtype, seconds=3.0)
+    peak = args.peak_flops or matmul_peak_flops("cuda" if args.cuda else "cpu", dtype, seconds=3.0)
     names = args.objectives.split(",") if args.objectives else list(objectives.available())
     contenders = ["hf_trainer"] + [f"{kind}:{n}" for n in names for kind in ("bare", "pretrain-bench")]
     results = {}
@@ -316,10 +326,10 @@ def main() -> None:
         results[contender] = r = child(args, contender, peak)
         if "flops_per_step" in r:
             r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
-        if "matmul_share" in r:  # the MFU if every other operator took no time
-            r["mfu_matmul_only"] = r["mfu"] / (r["matmul_share"] + r["attention_share"])
         elif "mfu_logged" in r:
             r["mfu"] = r.pop("mfu_logged")
+        if "matmul_share" in r:  # the MFU if every other operator took no time
+            r["mfu_matmul_only"] = r["mfu"] / (r["matmul_share"] + r["attention_share"])
         print(f"  {json.dumps(r)}", file=sys.stderr, flush=True)
     info = {**machine(), "name": args.name or ("gpu-" + torch.cuda.get_device_name(0).replace(" ", "-").lower()
                                                 if args.cuda else f"cpu-{os.cpu_count()}core"),

@@ -87,4 +87,4 @@ def read_metrics(run_dir: Path, split: str = "train") -> list[dict]:
 
 def shm_buffers_left(port: int) -> list[Path]:
     """DeepSpeed's CPU all-reduce buffers that the ranks of a run on `port` left in /dev/shm."""
-    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
