@@ -39,7 +39,7 @@ from data_prep.tokenize import init_worker, tokenize
 from pretrain_bench.errors import UserError
 from pretrain_bench.section import Section
 
-FORMAT_VERSION = 2  # 2: tokenizer ids in code-point order (data_prep/tokenizer.py)
+FORMAT_VERSION = 3  # 2: tokenizer ids in code-point order; 3: the same pieces in every process (data_prep/tokenizer.py)
 DOCS_PER_JOB = 256
 
 
@@ -200,8 +200,7 @@ def _total_bytes(cfg: DataConfig) -> int | None:
 
 def _trained_tokenizer(cfg: DataConfig, cache: Path, log) -> Path:
     """The tokenizer trained on this corpus with these settings, trained once and shared by every packing,
-    row length and segmenter: tokenizers' WordPiece trainer breaks ties between equally frequent pieces
-    in hash-map order, so on a small corpus a second training can keep slightly different pieces."""
+    row length and segmenter."""
     key = {"source": sources.fingerprint(cfg.path, cfg.exclude), "path": cfg.path, "tokenizer": cfg.tokenizer.model_dump(),
            "validation_fraction": cfg.validation_fraction, "max_documents": cfg.max_documents,
            "text": [cfg.text_field, cfg.txt_documents, cfg.encoding_errors, cfg.hub_split], "format": FORMAT_VERSION}
@@ -209,8 +208,11 @@ def _trained_tokenizer(cfg: DataConfig, cache: Path, log) -> Path:
     with _locked(folder.with_suffix(".lock")):
         if not (folder / "tokenizer.json").exists():
             log(f"data_prep: training a WordPiece tokenizer (vocabulary {cfg.tokenizer.vocab_size})")
-            training_docs = (d for d in _documents(cfg, cache) if _split_of(d, cfg.validation_fraction) == "train")
-            tok = tokenizers_.train(islice(training_docs, cfg.tokenizer.max_training_documents), cfg.tokenizer)
+            def training_docs():  # read twice (data_prep/tokenizer.py says why)
+                docs = (d for d in _documents(cfg, cache) if _split_of(d, cfg.validation_fraction) == "train")
+                return islice(docs, cfg.tokenizer.max_training_documents)
+
+            tok = tokenizers_.train(training_docs, cfg.tokenizer)
             tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             tok.save_pretrained(str(tmp))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from pydantic import Field
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -15,6 +15,7 @@ from pretrain_bench.errors import UserError
 from pretrain_bench.section import Section
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CONTINUING_PREFIX = "##"
 
 
 class TokenizerConfig(Section):
@@ -29,16 +30,17 @@ class TokenizerConfig(Section):
         200_000, ge=1, description="documents the tokenizer is trained on (the first ones); null for all")
 
 
-def train(documents: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTokenizerBase:
-    """A BERT-style WordPiece tokenizer: BertNormalizer, BertPreTokenizer, [CLS] A [SEP] (B [SEP])."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=cfg.split_cjk_chars,
-                                                strip_accents=cfg.lowercase, lowercase=cfg.lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                        special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##")
-    tok.train_from_iterator(documents, trainer)
+def train(documents: Callable[[], Iterable[str]], cfg: TokenizerConfig) -> PreTrainedTokenizerBase:
+    """A BERT-style WordPiece tokenizer: BertNormalizer, BertPreTokenizer, [CLS] A [SEP] (B [SEP]).
+
+    The same documents give the same tokenizer in every process. tokenizers' trainer numbers the
+    word-continuing characters ('##e') in the order of a hash map seeded per process, and breaks ties
+    between equally frequent merges by those numbers, so it kept other pieces in each process
+    (huggingface/tokenizers#1794). A first, merge-less pass over `documents()` finds those characters;
+    the real pass gets them up front, in code-point order, and they leave the special tokens after it."""
+    continuing = sorted(piece for piece in _fit(documents(), cfg, [], len(SPECIAL_TOKENS) + 1).get_vocab()
+                        if piece.startswith(CONTINUING_PREFIX) and len(piece) == len(CONTINUING_PREFIX) + 1)
+    tok = _fit(documents(), cfg, continuing, cfg.vocab_size)
     _renumber_in_code_point_order(tok)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
@@ -51,10 +53,28 @@ def train(documents: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTokenizer
                          tokenize_chinese_chars=cfg.split_cjk_chars)
 
 
+def _fit(documents: Iterable[str], cfg: TokenizerConfig, continuing: list[str], vocab_size: int) -> Tokenizer:
+    """WordPiece trained with `continuing` pieces numbered right after the specials (as special tokens of
+    the trainer; they are plain pieces again in the tokenizer returned)."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=cfg.split_cjk_chars,
+                                                strip_accents=cfg.lowercase, lowercase=cfg.lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix=CONTINUING_PREFIX)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=cfg.min_frequency,
+                                        special_tokens=SPECIAL_TOKENS + continuing,
+                                        continuing_subword_prefix=CONTINUING_PREFIX, show_progress=False)
+    tok.train_from_iterator(documents, trainer)
+    if not continuing:
+        return tok
+    state = json.loads(tok.to_str())
+    state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] in SPECIAL_TOKENS]
+    return Tokenizer.from_str(json.dumps(state))
+
+
 def _renumber_in_code_point_order(tok: Tokenizer) -> None:
-    """The specials first, then every piece in code-point order. The trainer numbers pieces in the order
-    of a hash map seeded per process, so the same corpus gave the same pieces under other ids in every
-    process, and a random-init encoder other embeddings for each word."""
+    """The specials first, then every piece in code-point order (the trainer numbers pieces in the order
+    it made them)."""
     pieces = sorted(set(tok.get_vocab(with_added_tokens=False)) - set(SPECIAL_TOKENS))
     vocab = {piece: i for i, piece in enumerate([*SPECIAL_TOKENS, *pieces])}
     assert all(tok.token_to_id(t) == vocab[t] for t in SPECIAL_TOKENS)  # the trainer put them first, in order
