@@ -144,6 +144,15 @@ def test_crammed_electra_and_plain_checkpoints(tmp_path, tokenizer, generated):
         assert result["metrics"]["accuracy"] >= 0.9, folder
 
 
+def test_a_bf16_checkpoint_and_its_floor_are_fine_tuned_in_fp32(tmp_path, tokenizer, generated):
+    # transformers builds a checkpoint saved in bf16, and a model from its config, in bf16
+    model = backbone.build_mlm_model(backbone.ModelConfig(size="tiny", arch="crammed"), Vocab.from_tokenizer(tokenizer))
+    folder = save(model.to(torch.bfloat16), tokenizer, tmp_path / "bf16")
+    for init in ("pretrained", "random"):
+        built = build_model(folder, generated["binary"], init, 0)
+        assert {p.dtype for p in built.parameters()} == {torch.float32}, init
+
+
 def test_bad_checkpoint_and_too_long_sequences(tmp_path, checkpoint, generated):
     with pytest.raises(UserError, match="not a transformers model folder"):
         model_folder(tmp_path)

@@ -14,6 +14,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from pretrain_bench import objectives
 from pretrain_bench.models import backbone
 from pretrain_bench.objectives import Vocab
+from pretrain_bench.train import run as run_module
 from pretrain_bench.train.run import train
 from pretrain_bench.train.engine import free_port
 from tests.conftest import REPO, clean_env, cli, launch, read_metrics, shm_buffers_left, tiny_config
@@ -70,6 +71,23 @@ def test_export_loads_and_matches_training_logits(trained):
     exported = {f"model.{k}": v for k, v in model.state_dict().items()}
     for key, value in state.items():
         assert torch.equal(value, exported[key]), key
+
+
+def test_bf16_run_exports_its_fp32_master_weights(tmp_path, tiny_overrides, monkeypatch):
+    # DeepSpeed's bf16 trains bf16 weights against fp32 masters in the optimizer; on a CPU without native bf16
+    # (here: made to look so) the run says it would be faster in fp32
+    monkeypatch.setattr(run_module, "cpu_has_native_bf16", lambda: False)
+    cfg = tiny_config([*tiny_overrides, "train.precision=bf16", "train.max_steps=6", "train.eval_at=[]",
+                       "train.lr=1e-3"], tmp_path / "bf16")
+    messages = []
+    train(cfg, log=messages.append)
+    assert any("has no native bf16" in m for m in messages)
+    model = AutoModelForMaskedLM.from_pretrained(Path(cfg.run_dir) / "final")
+    weights = [p for p in model.parameters() if p.dim() == 2]
+    assert model.config.dtype == torch.float32 and {p.dtype for p in weights} == {torch.float32}
+    # trained fp32 masters, not bf16 copies: most entries fall between two bf16 numbers
+    rounded = sum(int((p == p.bfloat16().float()).sum()) for p in weights)
+    assert rounded < 0.05 * sum(p.numel() for p in weights)
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_overrides):

@@ -130,9 +130,12 @@ def build_model(folder: Path, task: Task, init: Init, seed: int, dropout: float 
                                 "a choice of the crammed architecture, ModernBERT)")
             config.classifier_pooling = pooling
         torch.manual_seed(seed)  # the new head (and, for the floor, every weight)
+        # fp32 whatever the checkpoint's dtype: transformers would build a bf16-saved one (and its floor) in
+        # bf16, whose AdamW updates round away
         if init == "random":
-            return AutoModelForSequenceClassification.from_config(config)
-        return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config, local_files_only=True)
+            return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+        return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config, dtype=torch.float32,
+                                                                  local_files_only=True)
 
 
 @contextmanager

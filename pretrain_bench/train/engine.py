@@ -60,6 +60,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 (AMD Zen 4, Intel Cooper Lake) or AMX (Sapphire Rapids and later): bf16 matmuls faster
+    than fp32 (2.6x on a 2-core Zen 4 here); without either, torch emulates them."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, normalisation weights and embeddings' LayerNorm (BERT/ELECTRA practice)."""
     decay, no_decay = [], []

@@ -10,6 +10,7 @@ import random
 import shutil
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -25,7 +26,8 @@ from pretrain_bench.objectives.base import Objective, Vocab
 from pretrain_bench.train import rundir
 from pretrain_bench.train.budget import Budget
 from pretrain_bench.train.checkpoint import TMP_PREFIX, CheckpointManager, atomic_write_text
-from pretrain_bench.train.engine import build_engine, deepspeed_config, init_distributed, parameter_groups
+from pretrain_bench.train.engine import (build_engine, cpu_has_native_bf16, deepspeed_config, init_distributed,
+                                         parameter_groups)
 from pretrain_bench.train.loop import LoopState, Trainer
 from pretrain_bench.train.throughput import matmul_peak_flops, training_flops
 from pretrain_bench.train.tracker import MetricWindow, Tracker
@@ -49,15 +51,15 @@ def _set_rng_state(state: dict) -> None:
 
 
 def export(objective: Objective, module: torch.nn.Module, tokenizer, folder: Path, info: dict,
-           zero_stage: int, is_main: bool) -> list[Path]:
+           zero_stage: int, precision: str, is_main: bool) -> list[Path]:
     """transformers checkpoints of the module (with the tokenizer in each) under `folder`, atomically."""
     import deepspeed
 
     tmp = folder.with_name(f"{TMP_PREFIX}{folder.name}")
     gather = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-              if zero_stage == 3 else _nothing())
+              if zero_stage == 3 else nullcontext())
     models = []
-    with gather:
+    with gather, _fp32_masters(module, precision):
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -71,12 +73,26 @@ def export(objective: Objective, module: torch.nn.Module, tokenizer, folder: Pat
     return [folder / m.relative_to(tmp) for m in models]
 
 
-class _nothing:
-    def __enter__(self):
-        return self
+@contextmanager
+def _fp32_masters(module: torch.nn.Module, precision: str):
+    """The module holding its fp32 weights. DeepSpeed's bf16 trains bf16 copies of fp32 masters kept by
+    the optimizer: an export of the copies would be rounded to 8 bits of mantissa, and transformers would
+    load it, and the fine-tuning harness train it, in bf16."""
+    if precision != "bf16":
+        yield
+        return
+    from deepspeed.utils import safe_get_full_fp32_param
 
-    def __exit__(self, *exc):
-        return False
+    params = list(module.parameters())  # a shared parameter once
+    trained = [p.data for p in params]
+    masters = [safe_get_full_fp32_param(p) for p in params]  # collective under ZeRO-3: every rank calls it
+    for p, master in zip(params, masters):
+        p.data = master if master is not None else p.data.float()  # None: not trained (no optimizer state)
+    try:
+        yield
+    finally:
+        for p, data in zip(params, trained):
+            p.data = data
 
 
 def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[], float] = time.monotonic,
@@ -112,6 +128,9 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     module = objective.build(cfg.model)
     t = cfg.train
     use_cuda = torch.cuda.is_available()
+    if t.precision == "bf16" and not use_cuda and not cpu_has_native_bf16():
+        say("train.precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so its bf16 matmuls are "
+            "emulated, far slower than fp32 (about 150x on a 2-core Xeon); train.precision=fp32 is faster here")
     optimizer = torch.optim.AdamW(parameter_groups(module, t.weight_decay), lr=t.lr, betas=t.adam_betas,
                                   eps=t.adam_eps, fused=use_cuda, foreach=not use_cuda)
     budget = Budget(cfg.budget, t.max_steps, now)
@@ -185,7 +204,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
         """A transformers export named by the budget fraction it stands for (quality against hours)."""
         export(objective, engine.module, tokenizer, run_dir / "snapshots" / f"p{point:.2f}",
                {**info, "point": point, "progress": budget.progress(), "steps": budget.steps, "tokens": budget.tokens,
-                "training_seconds": budget.training_seconds()}, t.zero_stage, is_main)
+                "training_seconds": budget.training_seconds()}, t.zero_stage, t.precision, is_main)
         barrier()
 
     tracker = Tracker(run_dir, is_main, resume_step)
@@ -200,7 +219,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
         summary = {**info, "stop_reason": reason, "steps": budget.steps, "tokens": budget.tokens,
                    "training_seconds": round(budget.training_seconds(), 3), "progress": round(budget.progress(), 6),
                    "skipped_steps": state.skipped_steps, "world_size": world}
-        export(objective, engine.module, tokenizer, final_dir, summary, t.zero_stage, is_main)
+        export(objective, engine.module, tokenizer, final_dir, summary, t.zero_stage, t.precision, is_main)
         summary["export_seconds"] = round(time.perf_counter() - start, 3)
         if is_main:  # known only once the export is written
             info_file = final_dir / EXPORT_INFO
