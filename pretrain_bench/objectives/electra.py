@@ -58,11 +58,13 @@ class ElectraObjectiveConfig(ObjectiveConfig):
 def gumbel_argmax(logits: torch.Tensor, temperature: float = 1.0,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """One sample per row from softmax(logits / T) by the Gumbel-max trick, in fp32 without gradient,
-    with ELECTRA's noise -log(-log(u + 1e-9) + 1e-9)."""
+    with ELECTRA's noise -log(-log(u + 1e-9) + 1e-9). In place: the noise is as large as the logits (selected
+    positions x vocabulary), and five temporaries of that size took half of this function's time on a CPU."""
     with torch.no_grad():
         scaled = logits.detach().float() / temperature
-        u = torch.rand(scaled.shape, generator=generator, device=scaled.device)
-        return (scaled - torch.log(-torch.log(u + 1e-9) + 1e-9)).argmax(-1)
+        noise = torch.rand(scaled.shape, generator=generator, device=scaled.device)
+        noise.add_(1e-9).log_().neg_().add_(1e-9).log_()  # minus the Gumbel noise
+        return scaled.sub_(noise).argmax(-1)
 
 
 def draw_with_replacement(cand: torch.Tensor, counts: torch.Tensor, max_draws: int,
