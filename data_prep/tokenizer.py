@@ -63,7 +63,7 @@ def _fit(documents: Iterable[str], cfg: TokenizerConfig, continuing: list[str], 
     tok.decoder = decoders.WordPiece(prefix=CONTINUING_PREFIX)
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=cfg.min_frequency,
                                         special_tokens=SPECIAL_TOKENS + continuing,
-                                        continuing_subword_prefix=CONTINUING_PREFIX, show_progress=False)
+                                        continuing_subword_prefix=CONTINUING_PREFIX)
     tok.train_from_iterator(documents, trainer)
     if not continuing:
         return tok
