@@ -5,9 +5,29 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from pretrain_bench.objectives.base import Corruption
+
+
+class SummedCrossEntropy(torch.autograd.Function):
+    """`F.cross_entropy(logits, targets, reduction="sum")` in half the memory passes. With a vocabulary of
+    32k, torch's version (log_softmax, then nll_loss's zero-filled gradient, then log_softmax's backward,
+    three passes over selected positions x vocabulary) took 12-18% of a BERT-mini step on a 2-core CPU.
+    Here the gradient softmax - onehot is made in place in the saved log-probabilities, which nothing
+    else holds."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits, dim=-1)
+        ctx.save_for_backward(log_probs, targets)
+        return -log_probs.gather(1, targets[:, None]).sum()
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        log_probs, targets = ctx.saved_tensors
+        grad = log_probs.exp_()
+        grad[torch.arange(len(targets), device=grad.device), targets] -= 1.0
+        return grad.mul_(grad_loss), None
 
 
 def sparse_mlm(predict: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, labels: torch.Tensor,
@@ -24,7 +44,7 @@ def sparse_mlm(predict: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Te
     logits = predict(hidden[selected]).float()
     targets = labels[selected]
     count = targets.numel()
-    loss = F.cross_entropy(logits, targets, reduction="sum") / max(count, 1)
+    loss = SummedCrossEntropy.apply(logits, targets) / max(count, 1)
     with torch.no_grad():
         predicted = logits.argmax(-1)
         correct = (predicted == targets).float()
