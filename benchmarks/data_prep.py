@@ -3,6 +3,7 @@ Hugging Face run_mlm example (`Dataset.map(tokenizer, batched=True)` then `group
 corpus, with the same trained tokenizer and the same number of processes.
 
     python benchmarks/data_prep.py            # writes benchmarks/results/data_prep-<machine>.json and .md
+                                              # (e.g. data_prep-cpu-2core-amd-epyc)
 """
 
 from __future__ import annotations
@@ -88,13 +89,13 @@ def main() -> None:
                 hf_recipe(corpus, tokenizer_dir, args.num_proc, args.seq_len, work / f"hf{repeat}"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    from benchmarks.throughput import machine
+    from benchmarks.throughput import machine, machine_name
 
     info = {**machine(), "corpus": str(corpus), "corpus_mb": size / 1e6, "num_proc": args.num_proc}
     best = {k: min(v) for k, v in timings.items()}
     rows = {k: {"seconds": s, "mb_per_s": size / 1e6 / s} for k, s in best.items()}
     ratio = rows["pretrain-bench"]["mb_per_s"] / rows["datasets.map + group_texts"]["mb_per_s"]
-    name = f"data_prep-cpu-{os.cpu_count()}core"
+    name = f"data_prep-{machine_name(cuda=False)}"
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"machine": info, "results": rows, "ratio": ratio,

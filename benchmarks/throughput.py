@@ -311,20 +311,25 @@ def fastest(measured: list[dict], peak: float) -> dict:
     return r
 
 
-def default_name(args) -> str:
-    """cpu-2core-amd-epyc-v32768, cpu-2core-intel-xeon-v16384, gpu-nvidia-h100-v32768, ...: results of
-    different machines never overwrite each other."""
+def machine_name(cuda: bool) -> str:
+    """cpu-2core-amd-epyc, cpu-2core-intel-xeon, gpu-nvidia-h100-...: results of different machines never
+    overwrite each other."""
     import re
 
     import torch
 
-    if args.cuda:
+    if cuda:
         device = "gpu-" + torch.cuda.get_device_name(0)
     else:
         cpu = machine()["device"].split(",")[0]
         words = [w for w in re.sub(r"\(r\)|\(tm\)|processor|\d+-core", "", cpu.lower()).split() if w]
         device = f"cpu-{os.cpu_count()}core-" + "-".join(words[:2])
-    return re.sub(r"[^a-z0-9.-]+", "-", f"{device}-v{args.vocab}{'-compiled' if args.compile else ''}".lower())
+    return re.sub(r"[^a-z0-9.-]+", "-", device.lower())
+
+
+def default_name(args) -> str:
+    """The machine, the vocabulary, and whether compiled: cpu-2core-amd-epyc-v32768."""
+    return f"{machine_name(args.cuda)}-v{args.vocab}{'-compiled' if args.compile else ''}"
 
 
 def main() -> None:
