@@ -70,7 +70,7 @@ def _cases(w) -> list[tuple[str, list[str], list[str]]]:
         ("unknown-nested-key", [*new, "objective.masking.rat=0.2"], ["unknown key 'objective.masking.rat'", "'rate'"]),
         ("wrong-type", [*new, "train.max_steps=many"], ["'train.max_steps=many'", "is invalid"]),
         ("out-of-range", [*new, "train.lr=-1"], ["'train.lr'", "greater than 0"]),
-        ("bad-choice", [*new, "train.precision=fp8"], ["'train.precision'", "'fp32' or 'bf16'"]),
+        ("bad-choice", [*new, "train.precision=fp8"], ["'train.precision'", "'fp32', 'bf16' or 'auto'"]),
         ("bad-encoding-mode", [*new, "data.encoding_errors=ignore"], ["'data.encoding_errors'", "'strict' or 'replace'"]),
         ("override-syntax", [*new, "train.lr"], ["override 'train.lr'", "key.sub=value"]),
         ("override-not-section", [*new, "seed.x=1"], ["'seed' is not a section"]),

@@ -14,9 +14,10 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from pretrain_bench import objectives
 from pretrain_bench.models import backbone
 from pretrain_bench.objectives import Vocab
+from pretrain_bench.train import engine as engine_module
 from pretrain_bench.train import run as run_module
+from pretrain_bench.train.engine import free_port, resolved_precision
 from pretrain_bench.train.run import train
-from pretrain_bench.train.engine import free_port
 from tests.conftest import REPO, clean_env, cli, launch, read_metrics, shm_buffers_left, tiny_config
 
 pytestmark = pytest.mark.e2e
@@ -82,12 +83,21 @@ def test_bf16_run_exports_its_fp32_master_weights(tmp_path, tiny_overrides, monk
     messages = []
     train(cfg, log=messages.append)
     assert any("has no native bf16" in m for m in messages)
+    assert json.loads((Path(cfg.run_dir) / "final" / "pretrain_bench.json").read_text())["precision"] == "bf16"
     model = AutoModelForMaskedLM.from_pretrained(Path(cfg.run_dir) / "final")
     weights = [p for p in model.parameters() if p.dim() == 2]
     assert model.config.dtype == torch.float32 and {p.dtype for p in weights} == {torch.float32}
     # trained fp32 masters, not bf16 copies: most entries fall between two bf16 numbers
     rounded = sum(int((p == p.bfloat16().float()).sum()) for p in weights)
     assert rounded < 0.05 * sum(p.numel() for p in weights)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_native(native, monkeypatch):
+    monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolved_precision("auto") == ("bf16" if native else "fp32")
+    assert resolved_precision("fp32") == "fp32" and resolved_precision("bf16") == "bf16"
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_overrides):

@@ -66,6 +66,15 @@ def cpu_has_native_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def resolved_precision(precision: str) -> str:
+    """`auto`: bf16 where the hardware runs it natively (a GPU, a CPU with AVX512-BF16 or AMX), else fp32."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, normalisation weights and embeddings' LayerNorm (BERT/ELECTRA practice)."""
     decay, no_decay = [], []

@@ -43,8 +43,9 @@ class TrainConfig(Section):
     adam_eps: float = Field(1e-6, gt=0, description="AdamW epsilon")
     grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip (0: off)")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 on GPUs and on CPUs with native bf16 "
-                                                  "(AVX512-BF16, AMX); fp32 on other CPUs; exports hold fp32 weights")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX); fp32 on other CPUs; "
+        "auto: bf16 where it is native, else fp32; exports hold fp32 weights")
     zero_stage: int = Field(1, ge=1, le=3, description="DeepSpeed ZeRO stage (1-3; 1 also skips non-finite steps)")
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes running the corruption")
     threads: int | None = Field(None, ge=1, description="torch threads per rank (default: cores / ranks)")

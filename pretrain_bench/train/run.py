@@ -27,7 +27,7 @@ from pretrain_bench.train import rundir
 from pretrain_bench.train.budget import Budget
 from pretrain_bench.train.checkpoint import TMP_PREFIX, CheckpointManager, atomic_write_text
 from pretrain_bench.train.engine import (build_engine, cpu_has_native_bf16, deepspeed_config, init_distributed,
-                                         parameter_groups)
+                                         parameter_groups, resolved_precision)
 from pretrain_bench.train.loop import LoopState, Trainer
 from pretrain_bench.train.throughput import matmul_peak_flops, training_flops
 from pretrain_bench.train.tracker import MetricWindow, Tracker
@@ -128,7 +128,10 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     module = objective.build(cfg.model)
     t = cfg.train
     use_cuda = torch.cuda.is_available()
-    if t.precision == "bf16" and not use_cuda and not cpu_has_native_bf16():
+    precision = resolved_precision(t.precision)
+    if t.precision == "auto":
+        say(f"train.precision auto: {precision} on this {'GPU' if use_cuda else 'CPU'}")
+    if precision == "bf16" and not use_cuda and not cpu_has_native_bf16():
         say("train.precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so its bf16 matmuls are "
             "emulated, far slower than fp32 (about 150x on a 2-core Xeon); train.precision=fp32 is faster here")
     optimizer = torch.optim.AdamW(parameter_groups(module, t.weight_decay), lr=t.lr, betas=t.adam_betas,
@@ -137,7 +140,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     start_accum = budget.grad_accum_steps(t.grad_accum_steps)
     engine = build_engine(module, optimizer, deepspeed_config(
         micro_batch=t.micro_batch_size, grad_accum=start_accum, world=world, zero_stage=t.zero_stage,
-        precision=t.precision, grad_clip=t.grad_clip, extra=t.deepspeed))
+        precision=precision, grad_clip=t.grad_clip, extra=t.deepspeed))
 
     state = LoopState()
     checkpoints = CheckpointManager(run_dir / "checkpoints", engine, t.keep_checkpoints, is_main, barrier, say)
@@ -196,15 +199,15 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
         return flops_cache[seq_len]
 
     peak = t.peak_flops or matmul_peak_flops("cuda" if use_cuda else "cpu",
-                                            torch.bfloat16 if t.precision == "bf16" else torch.float32)
-    info = {"objective": cfg.objective.name, "config_hash": cfg.fingerprint(),
+                                            torch.bfloat16 if precision == "bf16" else torch.float32)
+    info = {"objective": cfg.objective.name, "config_hash": cfg.fingerprint(), "precision": precision,
             "tokenizer_hash": prepared.manifest["tokenizer_hash"], "data": str(prepared.root)}
 
     def snapshot(point: float) -> None:
         """A transformers export named by the budget fraction it stands for (quality against hours)."""
         export(objective, engine.module, tokenizer, run_dir / "snapshots" / f"p{point:.2f}",
                {**info, "point": point, "progress": budget.progress(), "steps": budget.steps, "tokens": budget.tokens,
-                "training_seconds": budget.training_seconds()}, t.zero_stage, t.precision, is_main)
+                "training_seconds": budget.training_seconds()}, t.zero_stage, precision, is_main)
         barrier()
 
     tracker = Tracker(run_dir, is_main, resume_step)
@@ -219,7 +222,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
         summary = {**info, "stop_reason": reason, "steps": budget.steps, "tokens": budget.tokens,
                    "training_seconds": round(budget.training_seconds(), 3), "progress": round(budget.progress(), 6),
                    "skipped_steps": state.skipped_steps, "world_size": world}
-        export(objective, engine.module, tokenizer, final_dir, summary, t.zero_stage, t.precision, is_main)
+        export(objective, engine.module, tokenizer, final_dir, summary, t.zero_stage, precision, is_main)
         summary["export_seconds"] = round(time.perf_counter() - start, 3)
         if is_main:  # known only once the export is written
             info_file = final_dir / EXPORT_INFO
