@@ -11,6 +11,9 @@ ratio to the baseline, MFU against a matmul peak measured here at the start, the
 spent waiting for data, and peak memory. With `--rounds N` every contender runs N times, in N rounds
 over the whole list, and the fastest run counts: on a shared (virtual) machine a neighbour's burst slows
 whatever runs at that moment, never speeds it up; the table shows each contender's spread over the rounds.
+Our loop and its bare loop run back to back, in alternating order from round to round, and "vs bare loop"
+is the median over rounds of the two runs' ratio: a drift of the machine's speed between minutes that
+the fastest runs of each would mistake for overhead cancels within a pair.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -256,14 +260,22 @@ def table(results: dict, info: dict, peak: float) -> str:
              f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}, deepspeed "
              f"{info['deepspeed']}; {info['date']}. Model: BERT 4 layers, width 256, 4 heads, FFN 1024, no dropout, "
              f"vocabulary {info['vocab']}, length {SEQ_LEN}, micro-batch {info['micro_batch']}; {info['steps']} steps after "
-             f"{info['warmup']} warm-up{info['compiled']}, the fastest of {info['rounds']} round(s). Matmul peak measured here: "
+             f"{info['warmup']} warm-up{info['compiled']}, the fastest of {info['rounds']} round(s); against the bare "
+             f"loop, the median over rounds of back-to-back runs' ratio (lowest-highest). Matmul peak measured here: "
              f"{peak / 1e9:,.0f} GFLOP/s ({info['dtype']}).", "",
-             "| contender | tokens/s | step (ms) | vs baseline | vs bare loop | step vs mlm | MFU | data wait | peak memory (MB) "
+             "| contender | tokens/s | step (ms) | vs baseline | vs bare loop (rounds) | step vs mlm | MFU | data wait | peak memory (MB) "
              "| spread over rounds |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def ratio(a, b):
         return f"{a / b:.2f}x" if a and b else "n/a"
+
+    def versus_bare(r):
+        rounds = r.get("vs_bare_rounds") or []
+        if not rounds:
+            return "n/a"
+        low_high = f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else ""
+        return f"{statistics.median(rounds):.2f}x{low_high}"
 
     def spread(r):
         rounds = r["tokens_per_s_rounds"]
@@ -274,9 +286,8 @@ def table(results: dict, info: dict, peak: float) -> str:
             lines.append(f"| {name} | failed: {r['error']} | | | | | | | | |")
             continue
         ours = name.startswith("pretrain-bench:")
-        bare = results.get(f"bare:{name.split(':', 1)[1]}", {}) if ours else {}
         lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['step_s'] * 1e3:,.1f} | "
-                     f"{ratio(r['tokens_per_s'], baseline)} | {ratio(r['tokens_per_s'], bare.get('tokens_per_s'))} | "
+                     f"{ratio(r['tokens_per_s'], baseline)} | {versus_bare(r) if ours else 'n/a'} | "
                      f"{ratio(r['step_s'], mlm_step) if ours else ''} | "
                      f"{r['mfu']:.1%} | {r['data_wait']:.1%} | {r['peak_memory_mb']:,.0f} | {spread(r)} |")
     profiled = {name: r for name, r in results.items() if "matmul_share" in r}
@@ -311,6 +322,22 @@ def fastest(measured: list[dict], peak: float) -> dict:
     return r
 
 
+def round_order(contenders: list[str], round_: int) -> list[str]:
+    """Every other round, each bare loop runs after our loop instead of before it: a machine that speeds up
+    or slows down through a round favours neither side of the pair."""
+    if round_ % 2 == 0:
+        return contenders
+    order = contenders[:1]
+    for bare, ours in zip(contenders[1::2], contenders[2::2]):
+        order += [ours, bare]
+    return order
+
+
+def paired_ratios(ours: list[dict], bare: list[dict]) -> list[float]:
+    """Our loop's tokens/s over its bare loop's, round by round (the two ran back to back)."""
+    return [o["tokens_per_s"] / b["tokens_per_s"] for o, b in zip(ours, bare) if "error" not in o and "error" not in b]
+
+
 def machine_name(cuda: bool) -> str:
     """cpu-2core-amd-epyc, cpu-2core-intel-xeon, gpu-nvidia-h100-...: results of different machines never
     overwrite each other."""
@@ -336,12 +363,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--name", default=None, help="results file name (default: the machine, e.g. cpu-2core-amd-epyc-v32768)")
     p.add_argument("--objectives", default=None, help="comma-separated (default: every registered objective)")
-    p.add_argument("--steps", type=int, default=30, help="measured steps after warm-up")
-    p.add_argument("--warmup", type=int, default=8, help="steps not measured")
+    p.add_argument("--steps", type=int, default=16, help="measured steps after warm-up")
+    p.add_argument("--warmup", type=int, default=6, help="steps not measured")
     p.add_argument("--micro-batch", type=int, default=64, help="rows per step")
     p.add_argument("--vocab", type=int, default=32768,
                    help="WordPiece vocabulary size (the issue's range: 16k-32k; BERT has 30,522, cramming 32,768)")
-    p.add_argument("--rounds", type=int, default=2, help="runs of every contender, in rounds over the list; the fastest counts")
+    p.add_argument("--rounds", type=int, default=4, help="runs of every contender, in rounds over the list; the fastest counts")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile our encoder (bare loop and pretrain-bench; the baseline stays as run_mlm runs it)")
     p.add_argument("--num-workers", type=int, default=1, help="pretrain-bench DataLoader workers")
@@ -373,11 +400,14 @@ def main() -> None:
     contenders = ["hf_trainer"] + [f"{kind}:{n}" for n in names for kind in ("bare", "pretrain-bench")]
     runs = {contender: [] for contender in contenders}
     for round_ in range(args.rounds):
-        for contender in contenders:
+        for contender in round_order(contenders, round_):
             print(f"round {round_ + 1}/{args.rounds}: running {contender} ...", file=sys.stderr, flush=True)
             runs[contender].append(r := child(args, contender, peak))
             print(f"  {json.dumps(r)}", file=sys.stderr, flush=True)
     results = {contender: fastest(measured, peak) for contender, measured in runs.items()}
+    for name in names:
+        results[f"pretrain-bench:{name}"]["vs_bare_rounds"] = paired_ratios(runs[f"pretrain-bench:{name}"],
+                                                                            runs[f"bare:{name}"])
     info = {**machine(), "name": args.name or default_name(args), "rounds": args.rounds,
             "steps": args.steps, "warmup": args.warmup, "micro_batch": args.micro_batch, "vocab": args.vocab,
             "compiled": "; our encoder torch.compiled" if args.compile else "",
