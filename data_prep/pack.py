@@ -36,6 +36,8 @@ class Packer:
     """Turns a stream of tokenized batches into rows; state (e.g. a partial row) carries across batches.
     What is left when the stream ends, less than a row, is dropped."""
 
+    version = 1  # part of the data hash: a packer that changes its rows raises it, so caches rebuild
+
     def __init__(self, seq_len: int, special: SpecialIds):
         self.seq_len, self.special = seq_len, special
 

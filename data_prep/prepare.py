@@ -73,7 +73,9 @@ class DataConfig(Section):
         """Hash of everything that decides the shards' content (not where or how fast they are made)."""
         # The source fingerprint lists the files data.exclude keeps, so the patterns themselves are left out.
         content = self.model_dump(exclude={"num_proc", "rows_per_shard", "cache_dir", "exclude"})
-        content.update(packing=packing, format=FORMAT_VERSION, source=sources.fingerprint(self.path, self.exclude))
+        version = PACKERS[packing].version  # version 1 keeps the hashes of data prepared before packers had one
+        content.update(packing=packing if version == 1 else f"{packing}/v{version}", format=FORMAT_VERSION,
+                       source=sources.fingerprint(self.path, self.exclude))
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

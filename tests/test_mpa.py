@@ -264,6 +264,28 @@ def test_penalty_and_metrics_match_a_reference_loop(tmp_path, keys):
     assert out["loss"].item() == pytest.approx(out["mlm_loss"].item() + 0.1 * out["mpa_loss"].item(), rel=1e-6)
 
 
+def test_keys_of_another_packed_pair_count_for_nothing(tmp_path):
+    """With sentence pairs packed into rows (mac with SOP), a trigger's keys are its own pair's: with every
+    row one pair the metrics are the row's; cut in halves, the uniform harm is the half's."""
+    objective = mpa_objective(tmp_path, random_table(seed=2), guided_heads=[[1, 0]], keys="all")
+    module = objective.build(TINY).eval()
+    inputs = batch_with_padding(rows=16, length=24, seed=4, objective=objective)
+    out, captured = forward_parts(module, inputs)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    whole = module.harm(out, ids, mask, captured)[1]
+    one_pair = module.harm(out, ids, mask, captured, torch.zeros_like(ids))[1]
+    assert all(torch.equal(whole[k], one_pair[k]) for k in whole)
+    halves = (torch.arange(ids.shape[1]) >= ids.shape[1] // 2).long().expand_as(ids)
+    cut = module.harm(out, ids, mask, captured, halves)[1]
+    rows, positions = (index[out["_predicted"] != out["_targets"]] for index in out["_selected"].nonzero(as_tuple=True))
+    own_half = (halves[rows] == halves[rows, positions][:, None]) & mask[rows].bool()
+    score = module.score(out["_predicted"][out["_predicted"] != out["_targets"]], ids[rows])
+    score[torch.arange(len(rows)), positions] = 0.0
+    expected = ((score * own_half).sum(1) / own_half.sum(1)).mean()
+    assert len(rows) > 20 and cut["mpa_harm_uniform"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert cut["mpa_harm_uniform"].item() != pytest.approx(whole["mpa_harm_uniform"].item(), rel=1e-3)
+
+
 def test_with_word_keys_parking_attention_on_special_tokens_is_no_escape(tmp_path):
     """Attention moved from words onto [CLS]/[SEP]/[MASK] lowers the SPEC's whole-row mass, not the
     default word-key mass (measured on corpus/en: with keys=all the guided head learnt to put 82% of its

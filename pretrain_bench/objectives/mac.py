@@ -44,7 +44,8 @@ class MacConfig(ObjectiveConfig):
     similar_top_k: int = Field(1, ge=1, description="1: always the most similar word (SPEC); k: uniform over "
                                "the best k")
     sop: bool = Field(True, description="sentence-order prediction on BERT's pair head (MacBERT, ALBERT); "
-                      "rows become [CLS] A [SEP] B [SEP] pairs from one document")
+                      "rows hold [CLS] A [SEP] B [SEP] pairs from one document, several to a row, each attending to "
+                      "itself only")
     sop_weight: float = Field(1.0, ge=0, description="loss = CE_mlm + sop_weight * CE_sop")
     similar: NeighboursConfig = Field(default_factory=NeighboursConfig)
 
@@ -60,35 +61,58 @@ class MacConfig(ObjectiveConfig):
         return self
 
 
-def swap_segments(input_ids: torch.Tensor, word_start: torch.Tensor, b_start: torch.Tensor, pad_id: int,
-                  generator: torch.Generator):
-    """SOP: `[CLS] A [SEP] B [SEP]` rows become `[CLS] B [SEP] A [SEP]` with p = 0.5 (ALBERT's label 1).
-    Returns (ids, word_start, token_type_ids, sop_label)."""
-    length = (input_ids != pad_id).sum(dim=1, keepdim=True)
-    b_start = b_start.long()[:, None]
-    b_len = length - b_start - 1
-    p = torch.arange(input_ids.shape[1])[None, :]
-    swapped_from = torch.where(p == 0, 0, torch.where(
-        p < 1 + b_len, b_start + p - 1, torch.where(
-            p == 1 + b_len, b_start - 1, torch.where(p < length - 1, p - b_len - 1, p))))
-    swap = torch.rand(len(input_ids), generator=generator) < 0.5
-    source = torch.where(swap[:, None], swapped_from, p)
-    first_sep = torch.where(swap[:, None], 1 + b_len, b_start - 1)
-    token_types = ((p > first_sep) & (p < length)).long()
-    return input_ids.gather(1, source), word_start.gather(1, source), token_types, swap.long()
+def swap_segments(input_ids: torch.Tensor, word_start: torch.Tensor, pair_bounds: torch.Tensor, pad_id: int,
+                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """SOP over rows of packed `[CLS] A [SEP] B [SEP]` pairs (data_prep/sop.py): each pair becomes
+    `[CLS] B [SEP] A [SEP]` with p = 0.5 (ALBERT's label 1). Returns the swapped `input_ids` and
+    `word_start`, and per token its pair's index (`pair_ids`, -1 on padding), its position within the pair
+    (`position_ids`) and segment (`token_type_ids`); `sop_label` has one entry per pair, in the order of the
+    pairs' [CLS] tokens in the rows."""
+    length = input_ids.shape[1]
+    starts, b_starts = pair_bounds[..., 0].long(), pair_bounds[..., 1].long()  # [B, P]; unused slots: L
+    filled = (input_ids != pad_id).sum(dim=1, keepdim=True)
+    ends = torch.minimum(torch.cat([starts[:, 1:], torch.full_like(filled, length)], 1), filled)
+    p = torch.arange(length)[None, :]
+    in_pair = p < filled
+    pair = ((p[:, None, :] >= starts[:, :, None]).sum(1) - 1).clamp(min=0)  # [B, L]
+    start, b_start, end = (t.gather(1, pair) for t in (starts, b_starts, ends))
+    swap_pair = torch.rand(starts.shape, generator=generator) < 0.5
+    swap = swap_pair.gather(1, pair) & in_pair
+    # within a pair (offset o from its [CLS]): where each position of the swapped pair reads from
+    o, a_end, b_len = p - start, b_start - start, end - b_start - 1
+    swapped_from = torch.where(o == 0, 0, torch.where(
+        o < 1 + b_len, a_end + o - 1, torch.where(
+            o == 1 + b_len, a_end - 1, torch.where(o < end - start - 1, o - b_len - 1, o))))
+    source = torch.where(swap, start + swapped_from, p)
+    first_sep = torch.where(swap, 1 + b_len, a_end - 1)
+    return {"input_ids": input_ids.gather(1, source), "word_start": word_start.gather(1, source),
+            "pair_ids": torch.where(in_pair, pair, -1), "position_ids": torch.where(in_pair, o, 0),
+            "token_type_ids": ((o > first_sep) & in_pair).long(), "sop_label": swap_pair[starts < length].long()}
+
+
+def pair_attention_mask(pair_ids: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """[B, 1, L, L]: each token attends to the tokens of its own pair only (padding to padding). Boolean
+    (True = attend) for SDPA; eager attention adds its mask to the scores."""
+    same = pair_ids[:, None, :, None] == pair_ids[:, None, None, :]
+    if model.config._attn_implementation != "eager":
+        return same
+    blocked = torch.finfo(model.dtype).min
+    return torch.zeros(same.shape, dtype=model.dtype, device=same.device).masked_fill(~same, blocked)
 
 
 class CorrectionLM(nn.Module):
-    """BERT's MLM head on the selected positions (fp32 CE), plus the 2-way pair head on [CLS] for SOP."""
+    """BERT's MLM head on the selected positions (fp32 CE), plus the 2-way pair head on every pair's [CLS]
+    for SOP."""
 
     def __init__(self, model: nn.Module, model_cfg: backbone.ModelConfig, sop_weight: float):
         super().__init__()
         self.model, self.model_cfg, self.sop_weight = model, model_cfg, sop_weight
 
-    def forward(self, input_ids, attention_mask, labels, corruption_type, similar_wanted, token_type_ids=None,
-                sop_label=None):
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        out = backbone.encoder(self.model, self.model_cfg)(input_ids=input_ids, attention_mask=attention_mask, **extra)
+    def forward(self, input_ids, attention_mask, labels, corruption_type, similar_wanted, sop_label=None,
+                pair_ids=None, **pair_inputs):
+        bert = backbone.encoder(self.model, self.model_cfg)
+        mask = attention_mask if pair_ids is None else pair_attention_mask(pair_ids, self.model)
+        out = bert(input_ids=input_ids, attention_mask=mask, **pair_inputs)
         loss, metrics = sparse_mlm(lambda h: backbone.predict(self.model, self.model_cfg, h), out.last_hidden_state,
                                    labels, corruption_type,
                                    kinds_reported=(Corruption.SIMILAR, Corruption.RANDOM, Corruption.KEEP))
@@ -96,7 +120,9 @@ class CorrectionLM(nn.Module):
             hits = (similar_wanted & (corruption_type == Corruption.SIMILAR)).sum()
             metrics["similar_hit_rate"] = hits / similar_wanted.sum()  # NaN without any: skipped in the mean
         if sop_label is not None:
-            logits = self.model.cls.seq_relationship(out.pooler_output).float()
+            first = (pair_inputs["position_ids"] == 0) & (pair_ids >= 0)  # each pair's [CLS], in row order
+            pooled = bert.pooler(out.last_hidden_state[first][:, None])
+            logits = self.model.cls.seq_relationship(pooled).float()
             sop_loss = F.cross_entropy(logits, sop_label)
             loss = loss + self.sop_weight * sop_loss
             metrics["sop_loss"] = sop_loss.detach()
@@ -133,6 +159,10 @@ class MacBERT(Objective):
         if config.sop and backbone.ARCHITECTURES[model.arch].pretraining_class is None:
             problems.append(f"objective.sop needs a sentence-pair head, which model.arch {model.arch} lacks; "
                             "set model.arch=bert or objective.sop=false")
+        if config.sop and model.attn_implementation == "flash_attention_2":
+            problems.append("objective.sop packs several sentence pairs per row, each attending to itself only, and "
+                            "model.attn_implementation flash_attention_2 takes no such mask; use sdpa or set "
+                            "objective.sop=false")
         return problems
 
     def select(self, input_ids: torch.Tensor, word_start: torch.Tensor, generator: torch.Generator):
@@ -203,11 +233,10 @@ class MacBERT(Objective):
         return out
 
     def corrupt(self, batch, generator):
-        ids, word_start = batch["input_ids"], batch["word_start"]
-        inputs = {}
+        ids, word_start, inputs = batch["input_ids"], batch["word_start"], {}
         if self.config.sop:
-            ids, word_start, inputs["token_type_ids"], inputs["sop_label"] = swap_segments(
-                ids, word_start, batch["b_start"], self.vocab.pad_id, generator)
+            inputs = swap_segments(ids, word_start, batch["pair_bounds"], self.vocab.pad_id, generator)
+            ids, word_start = inputs.pop("input_ids"), inputs.pop("word_start")
         selected, units, _, _ = self.select(ids, word_start, generator)
         corrupted, kinds, wanted = self.replace(ids, selected, units, generator)
         return {"input_ids": corrupted, "attention_mask": (ids != self.vocab.pad_id).long(),

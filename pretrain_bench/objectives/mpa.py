@@ -176,7 +176,7 @@ class HarmAlerts(nn.Module):
                             f"'{self.settings.trigger}' MPA wraps objectives that report them (generator: the MLM "
                             "family and electra; discriminator: electra)")
         seen = out["_disc_input_ids"] if self.guides_discriminator else inputs["input_ids"]  # the guided net's input
-        penalty, metrics = self.harm(out, seen, inputs["attention_mask"], self.guided.take())
+        penalty, metrics = self.harm(out, seen, inputs["attention_mask"], self.guided.take(), inputs.get("pair_ids"))
         loss = out["loss"] + self.settings.weight * penalty if self.settings.weight else out["loss"]
         return {**out, **metrics, "loss": loss}
 
@@ -203,10 +203,10 @@ class HarmAlerts(nn.Module):
         rows, positions = wrong.nonzero(as_tuple=True)
         return rows, positions, input_ids[rows, positions], wrong.sum() / among.sum()
 
-    def harm(self, out: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             captured: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def harm(self, out: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor, captured: dict,
+             pair_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(L_mpa, metrics) from the base's side outputs and the guided layers' queries and keys;
-        `input_ids` is what the guided network saw."""
+        `input_ids` is what the guided network saw, `pair_ids` which packed sentence pair each token is in."""
         rows, positions, words, rate = self.triggers(out, input_ids, attention_mask)
         nan = input_ids.new_tensor(float("nan"), dtype=torch.float32)
         metrics = {"mpa_mispredict_rate": rate.float(),
@@ -216,11 +216,14 @@ class HarmAlerts(nn.Module):
             return zero, {**metrics, "mpa_loss": zero, "mpa_harm_uniform": nan, **{f"mpa_{n}": nan for n in PER_HEAD}}
         with torch.no_grad():
             keys = input_ids[rows]
-            score = self.score(words, keys)
-            word_keys = ~torch.isin(keys, self.special_ids)  # also drops padding
+            reachable = attention_mask[rows].bool()
+            if pair_ids is not None:  # packed sentence pairs: a query attends to its own pair only
+                reachable &= pair_ids[rows] == pair_ids[rows, positions][:, None]
+            score = torch.where(reachable, self.score(words, keys), 0.0)
+            word_keys = ~torch.isin(keys, self.special_ids) & reachable
             own = torch.arange(len(rows), device=rows.device), positions
             score[own], word_keys[own] = 0.0, False  # the query's own position is no key
-            visible = word_keys if self.settings.keys == "words" else attention_mask[rows].bool()
+            visible = word_keys if self.settings.keys == "words" else reachable
         parts = {name: [] for name in ("term", *PER_HEAD)}
         for layer, (query, key, mask, scaling) in sorted(captured.items()):
             log_attention = log_rows(query, key, mask, scaling, rows, positions, self.guided.heads[layer])
