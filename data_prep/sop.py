@@ -148,6 +148,6 @@ class SegmentPairPacker(Packer):
             else:
                 row = with_space[space].pop()
             rows[row].append(i)
-            if space - need >= SHORTEST_PAIR and len(rows[row]) < max_pairs(self.seq_len):
+            if space - need >= SHORTEST_PAIR:  # so a row never holds more than max_pairs
                 with_space[space - need].append(row)
         return rows
