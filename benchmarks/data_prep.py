@@ -3,7 +3,7 @@ Hugging Face run_mlm example (`Dataset.map(tokenizer, batched=True)` then `group
 corpus, with the same trained tokenizer and the same number of processes.
 
     python benchmarks/data_prep.py            # writes benchmarks/results/data_prep-<machine>.json and .md
-                                              # (e.g. data_prep-cpu-2core-amd-epyc)
+                                              # (e.g. data_prep-cpu-2core-amd-epyc-avx2)
 """
 
 from __future__ import annotations

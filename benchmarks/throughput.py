@@ -236,7 +236,9 @@ def machine() -> dict:
 
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{cpu}, {os.cpu_count()} cores"
+    # A virtual machine may name two CPU generations alike ("AMD EPYC"): the kernels torch dispatches to tell them apart.
+    kernels = torch.backends.cpu.get_cpu_capability()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{cpu}, {kernels}, {os.cpu_count()} cores"
     return {"device": device, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "deepspeed": deepspeed.__version__,
             "date": time.strftime("%Y-%m-%d")}
@@ -339,8 +341,8 @@ def paired_ratios(ours: list[dict], bare: list[dict]) -> list[float]:
 
 
 def machine_name(cuda: bool) -> str:
-    """cpu-2core-amd-epyc, cpu-2core-intel-xeon, gpu-nvidia-h100-...: results of different machines never
-    overwrite each other."""
+    """cpu-2core-amd-epyc-avx512, cpu-2core-amd-epyc-avx2, gpu-nvidia-h100-...: results of different machines
+    never overwrite each other."""
     import re
 
     import torch
@@ -348,20 +350,20 @@ def machine_name(cuda: bool) -> str:
     if cuda:
         device = "gpu-" + torch.cuda.get_device_name(0)
     else:
-        cpu = machine()["device"].split(",")[0]
+        cpu, kernels = machine()["device"].split(",")[:2]
         words = [w for w in re.sub(r"\(r\)|\(tm\)|processor|\d+-core", "", cpu.lower()).split() if w]
-        device = f"cpu-{os.cpu_count()}core-" + "-".join(words[:2])
+        device = f"cpu-{os.cpu_count()}core-" + "-".join(words[:2] + [kernels.strip()])
     return re.sub(r"[^a-z0-9.-]+", "-", device.lower())
 
 
 def default_name(args) -> str:
-    """The machine, the vocabulary, and whether compiled: cpu-2core-amd-epyc-v32768."""
+    """The machine, the vocabulary, and whether compiled: cpu-2core-amd-epyc-avx2-v32768."""
     return f"{machine_name(args.cuda)}-v{args.vocab}{'-compiled' if args.compile else ''}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--name", default=None, help="results file name (default: the machine, e.g. cpu-2core-amd-epyc-v32768)")
+    p.add_argument("--name", default=None, help="results file name (default: the machine, e.g. cpu-2core-amd-epyc-avx2-v32768)")
     p.add_argument("--objectives", default=None, help="comma-separated (default: every registered objective)")
     p.add_argument("--steps", type=int, default=16, help="measured steps after warm-up")
     p.add_argument("--warmup", type=int, default=6, help="steps not measured")
