@@ -350,7 +350,7 @@ def machine_name(cuda: bool) -> str:
     if cuda:
         device = "gpu-" + torch.cuda.get_device_name(0)
     else:
-        cpu, kernels = machine()["device"].split(",")[:2]
+        cpu, kernels, _cores = machine()["device"].rsplit(",", 2)
         words = [w for w in re.sub(r"\(r\)|\(tm\)|processor|\d+-core", "", cpu.lower()).split() if w]
         device = f"cpu-{os.cpu_count()}core-" + "-".join(words[:2] + [kernels.strip()])
     return re.sub(r"[^a-z0-9.-]+", "-", device.lower())
