@@ -15,10 +15,21 @@ from torch.utils.flop_counter import FlopCounterMode
 def matmul_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int = 2048,
                       seconds: float = 1.0, windows: int = 4) -> float:
     """Sustained FLOP/s of a square matmul in `dtype`: the denominator of MFU on this machine. The best
-    of `windows` equal slices of `seconds`, so a neighbour's burst on a shared machine does not lower it."""
-    a = torch.ones(size, size, device=device, dtype=dtype)  # no RNG draws: the training stream stays put
-    b = torch.ones(size, size, device=device, dtype=dtype)
+    of `windows` equal slices of `seconds`, so a neighbour's burst on a shared machine does not lower it.
+    A CPU that emulates `dtype` (bf16 without AVX512-BF16 or AMX) takes minutes over one 2,048 matmul: the
+    size halves until one matmul fits in `seconds`."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    probe = torch.ones(256, 256, device=device, dtype=dtype)  # no RNG draws: the training stream stays put
+    probe @ probe
+    sync()
+    start = time.perf_counter()
+    probe @ probe
+    sync()
+    rate = 2 * 256**3 / max(time.perf_counter() - start, 1e-9)
+    while size > 256 and 2 * size**3 / rate > seconds:
+        size //= 2
+    a = torch.ones(size, size, device=device, dtype=dtype)
+    b = torch.ones(size, size, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     sync()
