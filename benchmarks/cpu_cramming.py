@@ -119,11 +119,12 @@ def plots(all_rows: list[dict], out: Path) -> None:
             if base:
                 axes.scatter(r["tokens"], 100 * base["median"], marker="x", color=colours[id(r)])
         axes.set(xscale="log", xlabel="pre-training tokens", ylabel="dev score (x100)",
-                 title=f"{task}: median of seeds (o) and its random-init floor (x)")
+                 title=f"{task}: median of seeds (o),\nits random-init floor (x)")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="xx-small", ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "score_vs_tokens.png", dpi=110)
+        # below the panel: the runs fill its middle, where a legend inside would hide them
+        axes.legend(fontsize="xx-small", ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    fig.subplots_adjust(wspace=0.25)
+    fig.savefig(out / "score_vs_tokens.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
