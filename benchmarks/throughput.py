@@ -53,6 +53,7 @@ def run_config(args, objective: str, run_dir: str) -> dict:
             "train": {"max_steps": args.warmup + args.steps, "micro_batch_size": args.micro_batch,
                       "log_every": 1, "eval_at": [], "checkpoint_every_minutes": None,
                       "num_workers": args.num_workers, "precision": "bf16" if args.cuda else "fp32",
+                      "keep_freed_memory": not args.malloc_defaults,
                       "peak_flops": args.peak_flops}}  # the driver's, so every contender's MFU has one denominator
 
 
@@ -266,7 +267,7 @@ def table(results: dict, info: dict, peak: float) -> str:
              f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}, deepspeed "
              f"{info['deepspeed']}; {info['date']}. Model: BERT 4 layers, width 256, 4 heads, FFN 1024, no dropout, "
              f"vocabulary {info['vocab']}, length {SEQ_LEN}, micro-batch {info['micro_batch']}; {info['steps']} steps after "
-             f"{info['warmup']} warm-up{info['compiled']}, the fastest of {info['rounds']} round(s); against the bare "
+             f"{info['warmup']} warm-up{info['compiled']}{info['allocator']}, the fastest of {info['rounds']} round(s); against the bare "
              f"loop, the median over rounds of back-to-back runs' ratio (lowest-highest). Matmul peak: "
              f"{peak / 1e9:,.0f} GFLOP/s ({info['dtype']}; {measured}).", "",
              "| contender | tokens/s | step (ms) | vs baseline | vs bare loop (rounds) | step vs mlm | MFU | data wait | peak memory (MB) "
@@ -384,15 +385,21 @@ def main() -> None:
     p.add_argument("--corpus", default=None, help="text file/folder (default: ../shared/data/corpus/en or the built-in corpus)")
     p.add_argument("--max-documents", type=int, default=20000, help="documents read for the benchmark data")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "pretrain-bench-benchmark"))
+    p.add_argument("--malloc-defaults", action="store_true",
+                   help="glibc's default allocator in every contender (without train.keep_freed_memory)")
     p.add_argument("--contender", default=None, help=argparse.SUPPRESS)
     p.add_argument("--peak-flops", type=float, default=None,
                    help="MFU denominator in FLOP/s (default: a square matmul measured at the start)")
     args = p.parse_args()
     import torch
 
+    from pretrain_bench.train.host_memory import keep_freed_memory
+
     args.cuda = torch.cuda.is_available()
     if args.contender:
         kind, _, objective = args.contender.partition(":")
+        if not (args.cuda or args.malloc_defaults):  # every contender, as train() does on a CPU
+            keep_freed_memory()
         run = {"hf_trainer": lambda: hf_trainer(args), "bare": lambda: bare_loop(args, objective),
                "pretrain-bench": lambda: pretrain_bench_loop(args, objective)}[kind]
         print(json.dumps(run()))
@@ -423,6 +430,8 @@ def main() -> None:
     info = {**machine(), "name": args.name or default_name(args), "rounds": args.rounds,
             "steps": args.steps, "warmup": args.warmup, "micro_batch": args.micro_batch, "vocab": args.vocab,
             "compiled": "; our encoder torch.compiled" if args.compile else "",
+            "allocator": "" if args.cuda else ("; glibc's default allocator" if args.malloc_defaults
+                                               else "; freed memory kept in every process (train.keep_freed_memory)"),
             "dtype": "bf16" if args.cuda else "fp32", "peak_flops": peak,
             "peak_readings": readings}
     RESULTS.mkdir(parents=True, exist_ok=True)

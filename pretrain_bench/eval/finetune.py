@@ -26,6 +26,7 @@ from pretrain_bench.eval.metrics import METRICS, task_score
 from pretrain_bench.eval.tasks import Examples, Task, TaskConfig
 from pretrain_bench.section import Section
 from pretrain_bench.train.engine import parameter_groups
+from pretrain_bench.train.host_memory import keep_freed_memory
 from pretrain_bench.train.run import EXPORT_INFO
 from pretrain_bench.train.schedules import ScheduleConfig, lr_factor
 
@@ -56,6 +57,7 @@ class FinetuneConfig(Section):
                                                    "null: the checkpoint's own")
     eval_batch_size: int = Field(128, ge=1, description="examples per evaluation forward pass")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
+    keep_freed_memory: bool = Field(True, description="on a CPU under glibc, as train.keep_freed_memory")
 
 
 class FinetuneJob(Section):
@@ -224,6 +226,8 @@ def finetune_once(folder: Path, tokenizer, task: Task, train: Encoded, evals: di
     start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.keep_freed_memory and not torch.cuda.is_available():
+        keep_freed_memory()
     model = build_model(folder, task, init, seed, cfg.dropout, cfg.pooling)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and cfg.max_seq_len > limit:

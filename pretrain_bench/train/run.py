@@ -28,6 +28,7 @@ from pretrain_bench.train.budget import Budget
 from pretrain_bench.train.checkpoint import TMP_PREFIX, CheckpointManager, atomic_write_text
 from pretrain_bench.train.engine import (build_engine, cpu_has_native_bf16, deepspeed_config, init_distributed,
                                          parameter_groups, resolved_precision)
+from pretrain_bench.train.host_memory import keep_freed_memory
 from pretrain_bench.train.loop import LoopState, Trainer
 from pretrain_bench.train.throughput import matmul_peak_flops, training_flops
 from pretrain_bench.train.tracker import MetricWindow, Tracker
@@ -114,6 +115,8 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     barrier = dist.barrier
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // local_world))
+    if cfg.train.keep_freed_memory and not torch.cuda.is_available():
+        keep_freed_memory()
 
     objective_cls = objectives.get(cfg.objective.name)
     prepared = prepare(cfg.data, objective_cls.packing(cfg.objective), objective_cls.artifacts_needed(cfg.objective), say)

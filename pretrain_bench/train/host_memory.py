@@ -1,0 +1,28 @@
+"""How a CPU training process gets its memory back between steps.
+
+glibc's malloc serves every block over 32 MB (a BERT-mini micro-batch's feed-forward activations, the
+logits over a 32k vocabulary) with a fresh `mmap` and returns it with `munmap` when the tensor dies, and
+it trims the heap's freed top. So every step faults its activations' pages in again, each one zeroed
+by the kernel: on a 2-core EPYC that was 200,000 page faults and a sixth of the step in the kernel.
+Kept in the process instead, the freed blocks are reused by the next step's tensors of the same sizes.
+The cost: the process keeps its peak memory until it exits, which a training run holds anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+# mallopt parameters, from glibc's malloc.h
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc take every block from its heap (no mmap) and never trim that heap. Applies to
+    the whole process, including DataLoader workers forked after it. False where the C library is not
+    glibc (macOS, musl), which then keeps its own behaviour."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    return libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
