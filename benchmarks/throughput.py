@@ -409,8 +409,8 @@ def main() -> None:
     from pretrain_bench.train.throughput import matmul_peak_flops
 
     dtype = torch.bfloat16 if args.cuda else torch.float32
-    def measure_peak() -> float:
-        return matmul_peak_flops("cuda" if args.cuda else "cpu", dtype, seconds=3.0)
+    def measure_peak() -> float:  # a fresh reading each time, not the one the function caches for training
+        return matmul_peak_flops.__wrapped__("cuda" if args.cuda else "cpu", dtype, seconds=3.0)
 
     start_peak = args.peak_flops or measure_peak()
     names = args.objectives.split(",") if args.objectives else list(objectives.available())
