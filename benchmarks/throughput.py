@@ -267,8 +267,8 @@ def table(results: dict, info: dict, peak: float) -> str:
              f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}, deepspeed "
              f"{info['deepspeed']}; {info['date']}. Model: BERT 4 layers, width 256, 4 heads, FFN 1024, no dropout, "
              f"vocabulary {info['vocab']}, length {SEQ_LEN}, micro-batch {info['micro_batch']}; {info['steps']} steps after "
-             f"{info['warmup']} warm-up{info['compiled']}{info['allocator']}, the fastest of {info['rounds']} round(s); against the bare "
-             f"loop, the median over rounds of back-to-back runs' ratio (lowest-highest). Matmul peak: "
+             f"{info['warmup']} warm-up{info['compiled']}{info['allocator']}, the fastest of {info['rounds']} round(s); "
+             f"against the bare loop, the median over rounds of back-to-back runs' ratio (lowest-highest). Matmul peak: "
              f"{peak / 1e9:,.0f} GFLOP/s ({info['dtype']}; {measured}).", "",
              "| contender | tokens/s | step (ms) | vs baseline | vs bare loop (rounds) | step vs mlm | MFU | data wait | peak memory (MB) "
              "| spread over rounds |",

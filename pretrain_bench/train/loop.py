@@ -51,7 +51,7 @@ class TrainConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch threads per rank (default: cores / ranks)")
     keep_freed_memory: bool = Field(True, description="CPU runs on Linux (glibc): keep freed blocks in the process "
                                     "for the next step's tensors instead of returning them to the kernel (on a "
-                                    "2-core EPYC, 10-20% more tokens/s); the process holds its peak memory until exit")
+                                    "2-core EPYC, 9-14% more tokens/s); the process holds its peak memory until exit")
     log_every: int = Field(10, ge=1, description="optimizer steps per metrics.jsonl line")
     eval_every: int | None = Field(None, ge=1, description="held-out evaluation every N steps")
     eval_at: list[float] = Field([0.25, 0.5, 0.75, 1.0], description="held-out evaluation at these progress points")
