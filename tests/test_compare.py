@@ -136,7 +136,7 @@ def test_second_call_reuses_finished_runs_and_results(study, capsys):
     before = {p: p.stat().st_mtime_ns for p in watched}
     results_before = json.loads((folder / "report" / "results.json").read_text())["models"]
 
-    log = run(path, capsys, "finetune.threads=2", "train.log_every=4")  # watching settings: still the same study
+    log = run(path, capsys, "finetune.threads=2", "finetune.keep_freed_memory=false", "train.log_every=4")  # speed, watching
     assert log.count("finished run reused") == 2 and "pre-training" not in log
     assert re.findall(r"seed \d+: ", log) == []  # no fine-tuning at all
     assert {p: p.stat().st_mtime_ns for p in watched} == before

@@ -11,7 +11,8 @@ from transformers import BertConfig, BertModel, ElectraConfig, ElectraForMaskedL
 from data_prep import tokenizer as tokenizers
 from pretrain_bench.cli import main
 from pretrain_bench.errors import UserError
-from pretrain_bench.eval.finetune import FinetuneConfig, build_model, finetune_seeds, model_folder
+from pretrain_bench.eval.finetune import (FinetuneConfig, build_model, finetune_seeds, layerwise_groups,
+                                         model_folder)
 from pretrain_bench.eval.tasks import TaskConfig, load_task
 from pretrain_bench.models import backbone
 from pretrain_bench.objectives import Vocab
@@ -142,6 +143,30 @@ def test_crammed_electra_and_plain_checkpoints(tmp_path, tokenizer, generated):
         assert type(build_model(model_folder(folder), generated["binary"], "pretrained", 0)).__name__ == expected
         [result] = finetune_seeds(folder, generated["binary"], recipe, log=lambda m: None)
         assert result["metrics"]["accuracy"] >= 0.9, folder
+
+
+@pytest.mark.parametrize("arch", ["bert", "crammed"])
+def test_layer_lr_decay_scales_each_depth_and_zero_freezes_the_encoder(tmp_path, tokenizer, generated, arch):
+    model_cfg = backbone.ModelConfig(size="tiny", arch=arch)  # 2 layers
+    folder = save(backbone.build_mlm_model(model_cfg, Vocab.from_tokenizer(tokenizer)), tokenizer, tmp_path / arch)
+    model = build_model(folder, generated["binary"], "pretrained", 0)
+    scale_of = {id(p): group["lr_scale"] for group in layerwise_groups(model, 0.01, 0.5) for p in group["params"]}
+    names = dict(model.named_parameters())
+    assert len(scale_of) == len(names)  # every parameter in exactly one group
+    expected = {}
+    for name in names:
+        if "embeddings" in name:
+            expected[name] = 0.125  # 0.5 ** (2 layers + 1)
+        elif ".0." in name:
+            expected[name] = 0.25
+        elif ".1." in name:
+            expected[name] = 0.5
+        else:
+            expected[name] = 1.0  # pooler, final norm, head, classifier
+    assert {name: scale_of[id(p)] for name, p in names.items()} == expected
+    trained = {id(p) for group in layerwise_groups(model, 0.01, 0.0) for p in group["params"]}
+    assert trained == {id(names[name]) for name, scale in expected.items() if scale == 1.0}
+    assert {name for name, p in names.items() if p.requires_grad} == {n for n, s in expected.items() if s == 1.0}
 
 
 def test_a_bf16_checkpoint_and_its_floor_are_fine_tuned_in_fp32(tmp_path, tokenizer, generated):

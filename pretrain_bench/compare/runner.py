@@ -25,7 +25,7 @@ from pretrain_bench.train.checkpoint import atomic_write_text
 from pretrain_bench.train.run import EXPORT_INFO, train
 
 # Recipe keys that change speed only, not the result: changing them keeps cached fine-tuning results.
-OPERATIONAL_KEYS = {"seeds", "threads", "eval_batch_size"}
+OPERATIONAL_KEYS = {"seeds", "threads", "eval_batch_size", "keep_freed_memory"}
 
 
 def _digest(value) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from pretrain_bench.errors import UserError
 from pretrain_bench.eval.metrics import METRICS, task_score
 from pretrain_bench.eval.tasks import Examples, Task, TaskConfig
 from pretrain_bench.section import Section
-from pretrain_bench.train.engine import parameter_groups
+from pretrain_bench.train.engine import takes_weight_decay
 from pretrain_bench.train.host_memory import keep_freed_memory
 from pretrain_bench.train.run import EXPORT_INFO
 from pretrain_bench.train.schedules import ScheduleConfig, lr_factor
@@ -55,6 +56,10 @@ class FinetuneConfig(Section):
     pooling: Literal["cls", "mean"] | None = Field(None, description="what the classifier reads: the [CLS] "
                                                    "vector or the mean over tokens (crammed/ModernBERT only); "
                                                    "null: the checkpoint's own")
+    layer_lr_decay: float = Field(1.0, ge=0, le=1, description="each layer's lr is the one above it times this "
+                                  "(ELECTRA fine-tunes with 0.8): what sits above the last layer (pooler, head, "
+                                  "classifier) at finetune.lr, the last layer at lr x decay, ..., the embeddings "
+                                  "at lr x decay^(layers + 1); 1: one lr everywhere; 0: the encoder stays frozen")
     eval_batch_size: int = Field(128, ge=1, description="examples per evaluation forward pass")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
     keep_freed_memory: bool = Field(True, description="on a CPU under glibc, as train.keep_freed_memory")
@@ -157,6 +162,33 @@ def _quiet_transformers():
             logging.enable_progress_bar()
 
 
+LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")  # BERT/ELECTRA: encoder.layer.3.; ModernBERT: layers.3.
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """0 for the embeddings, i + 1 for encoder layer i, num_layers + 1 for what sits above the last layer."""
+    if "embeddings" in name:
+        return 0
+    found = LAYER_INDEX.search(name)
+    return int(found.group(1)) + 1 if found else num_layers + 1
+
+
+def layerwise_groups(model, weight_decay: float, decay: float) -> list[dict]:
+    """AdamW groups by depth and weight decay, each with the `lr_scale` of its depth; a depth whose scale is
+    0 is frozen instead (no gradients computed)."""
+    num_layers = model.config.num_hidden_layers
+    groups: dict[tuple[float, float], dict] = {}
+    for name, param in model.named_parameters():
+        scale = decay ** (num_layers + 1 - layer_depth(name, num_layers))
+        if scale == 0:
+            param.requires_grad_(False)
+            continue
+        param_decay = weight_decay if takes_weight_decay(name, param) else 0.0
+        group = groups.setdefault((scale, param_decay), {"params": [], "weight_decay": param_decay, "lr_scale": scale})
+        group["params"].append(param)
+    return list(groups.values())
+
+
 def encode(tokenizer, examples: Examples, max_seq_len: int, regression: bool) -> Encoded:
     pairs = (examples.text_a,) if examples.text_b is None else (examples.text_a, examples.text_b)
     out = tokenizer(*pairs, truncation=True, max_length=max_seq_len)
@@ -235,8 +267,8 @@ def finetune_once(folder: Path, tokenizer, task: Task, train: Encoded, evals: di
                         f"{limit} ({folder}); lower finetune.max_seq_len")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     use_types = _takes_token_types(model)
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas,
-                                  eps=cfg.adam_eps)
+    optimizer = torch.optim.AdamW(layerwise_groups(model, cfg.weight_decay, cfg.layer_lr_decay), lr=cfg.lr,
+                                  betas=cfg.adam_betas, eps=cfg.adam_eps)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -250,7 +282,7 @@ def finetune_once(folder: Path, tokenizer, task: Task, train: Encoded, evals: di
         for first in range(0, len(order), cfg.batch_size):
             chosen = order[first:first + cfg.batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step / total, cfg.schedule)
+                group["lr"] = cfg.lr * group["lr_scale"] * lr_factor(step / total, cfg.schedule)
             logits = model(**_batch(train, chosen, pad_id, use_types)).logits
             loss = _loss(logits, train.labels[chosen], task.regression)
             optimizer.zero_grad(set_to_none=True)

@@ -75,13 +75,17 @@ def resolved_precision(precision: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+def takes_weight_decay(name: str, param: nn.Parameter) -> bool:
     """No weight decay on biases, normalisation weights and embeddings' LayerNorm (BERT/ELECTRA practice)."""
+    return param.ndim >= 2 and "norm" not in name.lower()
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        (decay if takes_weight_decay(name, param) else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
