@@ -152,7 +152,7 @@ def bare_loop(args, objective_name: str) -> dict:
         tokens += num_tokens if m >= args.warmup else 0
     torch.manual_seed(0)
     module = objective.build(cfg.model).to(device)  # compiled in place when --compile
-    optimizer = torch.optim.AdamW(parameter_groups(module, 0.01), lr=5e-4, foreach=not args.cuda, fused=args.cuda)
+    optimizer = torch.optim.AdamW(parameter_groups(module, 0.01), lr=5e-4, fused=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.cuda)
 
     def step(batch):

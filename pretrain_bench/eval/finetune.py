@@ -268,7 +268,7 @@ def finetune_once(folder: Path, tokenizer, task: Task, train: Encoded, evals: di
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     use_types = _takes_token_types(model)
     optimizer = torch.optim.AdamW(layerwise_groups(model, cfg.weight_decay, cfg.layer_lr_decay), lr=cfg.lr,
-                                  betas=cfg.adam_betas, eps=cfg.adam_eps)
+                                  betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
