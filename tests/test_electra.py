@@ -1,4 +1,4 @@
-"""SPEC §4 (ELECTRA): corruption statistics on >= 1e5 samples, the Gumbel sampler, labels, the loss
+"""SPEC §4 (ELECTRA): corruption statistics on >= 1e5 samples, the sampler, labels, the loss
 identity, embedding sharing (es, nes, gdes), and end-to-end runs through DeepSpeed on the CPU with one
 and two ranks whose exports load with transformers' Auto classes."""
 
@@ -18,7 +18,7 @@ from pretrain_bench.errors import UserError
 from pretrain_bench.models.backbone import ModelConfig
 from pretrain_bench.models.electra import generator_dims
 from pretrain_bench.objectives import Corruption, Vocab, get
-from pretrain_bench.objectives.electra import binary_auc, gumbel_argmax
+from pretrain_bench.objectives.electra import binary_auc, sample_tokens
 from pretrain_bench.train.run import train
 from tests.conftest import REPO, launch, read_metrics, tiny_config
 
@@ -116,18 +116,34 @@ def test_same_seed_same_corruption_other_seed_differs():
 # --- sampling and metrics ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
-def test_gumbel_frequencies_match_softmax(temperature):
+def test_sampled_frequencies_match_softmax(temperature):
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
-    draws = gumbel_argmax(logits.expand(100_000, -1), temperature, torch.Generator().manual_seed(0))
+    draws = sample_tokens(logits.expand(100_000, -1), temperature, torch.Generator().manual_seed(0))
     frequencies = torch.bincount(draws, minlength=6).double() / 100_000
     assert (frequencies - torch.softmax(logits.double() / temperature, -1)).abs().max() < 0.01
 
 
-def test_gumbel_tends_to_argmax_as_temperature_falls():
+def test_sampling_over_a_large_vocabulary_matches_softmax_and_never_draws_impossible_tokens():
+    """32,768 logits (a benchmark vocabulary): the last thousand entries, where the cumulative sum is
+    largest, are drawn as often as their softmax says, and entries pushed down by `disallow_correct`'s
+    -1000 are never drawn."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(32_768, generator=g)
+    logits[-1000:] += 3.0  # about half of the mass at the end
+    logits[::2] -= 1000.0
+    draws = sample_tokens(logits.expand(100_000, -1), 1.0, g)
+    probs = torch.softmax(logits.double(), -1)
+    assert not (draws % 2 == 0).any()
+    assert abs((draws >= 32_768 - 1000).double().mean() - probs[-1000:].sum()) < 0.01
+    buckets = torch.bincount(draws // 4096, minlength=8).double() / 100_000
+    assert (buckets - probs.reshape(8, -1).sum(1)).abs().max() < 0.01
+
+
+def test_samples_tend_to_argmax_as_temperature_falls():
     g = torch.Generator().manual_seed(0)
     logits = torch.stack([torch.randperm(50, generator=g) * 0.01 for _ in range(2000)])  # gaps >= 0.01
-    assert torch.equal(gumbel_argmax(logits, 1e-4, g), logits.argmax(-1))
-    assert not torch.equal(gumbel_argmax(logits, 1.0, g), logits.argmax(-1))
+    assert torch.equal(sample_tokens(logits, 1e-4, g), logits.argmax(-1))
+    assert not torch.equal(sample_tokens(logits, 1.0, g), logits.argmax(-1))
 
 
 def test_auc_matches_mann_whitney_with_ties():

@@ -98,7 +98,7 @@ def test_penalty_and_metrics_match_a_reference_loop_on_the_discriminator(tmp_pat
     torch.manual_seed(0)
     module = objective.build(model_cfg).eval()
     inputs = batch_with_padding(rows=16, length=24, seed=5, objective=objective)
-    torch.manual_seed(1)  # the generator's Gumbel samples
+    torch.manual_seed(1)  # the generator's samples
     out = module(**inputs)
     ids, mask = out["_disc_input_ids"], inputs["attention_mask"]
     original = torch.where(inputs["labels"] >= 0, inputs["labels"], inputs["input_ids"])

@@ -1,5 +1,5 @@
 """`electra`: replaced-token detection (SPEC §4, arXiv:2003.10555). A small MLM generator fills masked
-positions with Gumbel-max samples; a discriminator labels every token original or replaced. Both
+positions with samples from its softmax; a discriminator labels every token original or replaced. Both
 networks live in one module, so one DeepSpeed engine clips and accumulates for both.
 """
 
@@ -55,16 +55,19 @@ class ElectraObjectiveConfig(ObjectiveConfig):
     disc_weight: float = Field(50.0, ge=0, description="lambda in loss = generator MLM + lambda * discriminator BCE")
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: float = 1.0,
+def sample_tokens(logits: torch.Tensor, temperature: float = 1.0,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """One sample per row from softmax(logits / T) by the Gumbel-max trick, in fp32 without gradient,
-    with ELECTRA's noise -log(-log(u + 1e-9) + 1e-9). In place: the noise is as large as the logits (selected
-    positions x vocabulary), and five temporaries of that size took half of this function's time on a CPU."""
+    """One sample per row from softmax(logits / T), in fp32 without gradient: the first entry whose
+    cumulative probability exceeds one uniform draw per row (so an entry of probability 0 is never drawn).
+    The distribution of ELECTRA's Gumbel-max sampling with one draw per row instead of one per logit:
+    torch draws CPU random numbers one at a time, and the Gumbel noise over 1,229 selected positions x
+    32,768 logits took a tenth of a benchmark step, five times this sampler's time."""
     with torch.no_grad():
         scaled = logits.detach().float() / temperature
-        noise = torch.rand(scaled.shape, generator=generator, device=scaled.device)
-        noise.add_(1e-9).log_().neg_().add_(1e-9).log_()  # minus the Gumbel noise
-        return scaled.sub_(noise).argmax(-1)
+        cumulative = scaled.sub_(scaled.amax(-1, keepdim=True)).exp_().cumsum_(-1)  # accumulated in fp64 on CPUs
+        draw = torch.rand(len(cumulative), 1, generator=generator, device=cumulative.device) * cumulative[:, -1:]
+        # the clamp: a draw that rounds up to the total mass
+        return torch.searchsorted(cumulative, draw, right=True).squeeze(1).clamp_(max=cumulative.shape[1] - 1)
 
 
 def draw_with_replacement(cand: torch.Tensor, counts: torch.Tensor, max_draws: int,
@@ -91,7 +94,7 @@ def binary_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class ReplacedTokenDetection(nn.Module):
-    """Generator MLM on the masked positions, Gumbel-max samples put into the original sequence, and
+    """Generator MLM on the masked positions, samples from its softmax put into the original sequence, and
     the discriminator's BCE over every non-pad token; loss = gen_loss + disc_weight * disc_loss."""
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, family: networks.Family,
@@ -127,7 +130,7 @@ class ReplacedTokenDetection(nn.Module):
         if self.disallow_correct:
             logits = logits.detach().clone()
             logits[torch.arange(len(targets)), targets] -= 1000.0  # as ELECTRA: never the original
-        sampled = gumbel_argmax(logits, self.temperature)
+        sampled = sample_tokens(logits, self.temperature)
         original = torch.where(selected, labels, input_ids)
         fake = original.masked_scatter(selected, sampled)
         replaced = (fake != original).long()  # a correctly sampled token counts as original
