@@ -98,14 +98,19 @@ def table(all_rows: list[dict]) -> str:
 def plots(all_rows: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(figsize=(7, 4.5))
     axes.set_prop_cycle(color=plt.cm.tab20.colors)  # a colour per run, past ten runs too
+    drawn = set()
     for r in all_rows:
+        curve = (tuple(r["curve"]["elapsed_s"]), tuple(r["curve"]["loss"]))
+        if curve in drawn:  # a study that only fine-tunes again reuses another's pre-training
+            continue
+        drawn.add(curve)
         axes.plot([s / 60 for s in r["curve"]["elapsed_s"]], r["curve"]["loss"], label=f"{r['study']}/{r['label']}")
     axes.set(xlabel="training time (min)", ylabel="training loss (log scale)", title="pre-training loss against time",
              yscale="log")  # ELECTRA's loss (generator MLM + 50 x detection BCE) is five times MLM's
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="x-small")
-    fig.tight_layout()
-    fig.savefig(out / "loss_vs_time.png", dpi=110)
+    # below the axes: inside, forty runs' names would cover the curves
+    axes.legend(fontsize="xx-small", ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    fig.savefig(out / "loss_vs_time.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     tasks = sorted({t for r in all_rows for t in r["tasks"]})
     fig, panels = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
