@@ -92,6 +92,31 @@ def test_bf16_run_exports_its_fp32_master_weights(tmp_path, tiny_overrides, monk
     assert rounded < 0.05 * sum(p.numel() for p in weights)
 
 
+def test_zero_buckets_are_sized_to_the_model(tmp_path, tiny_overrides, monkeypatch):
+    # ZeRO allocates its reduce bucket at every micro-step: at DeepSpeed's default (5e8 elements, 2 GB in fp32)
+    # its release trims glibc's heap on a CPU, and every step faulted its tensors in again
+    engines = []
+    monkeypatch.setattr(run_module, "build_engine",
+                        lambda *args: engines.append(engine_module.build_engine(*args)) or engines[-1])
+    train(tiny_config([*tiny_overrides, "train.max_steps=2", "train.eval_at=[]"], tmp_path / "run"))
+    parameters = sum(p.numel() for p in engines[0].module.parameters())
+    bucket = engine_module.bucket_elements(parameters)
+    assert engines[0].optimizer.reduce_bucket_size == engines[0].optimizer.allgather_bucket_size == bucket
+    assert parameters <= bucket < parameters + 1024 and bucket % 1024 == 0
+    assert engine_module.bucket_elements(10**12) == engine_module.DEFAULT_BUCKET_ELEMENTS
+
+
+def test_extra_deepspeed_keys_merge_into_nested_sections():
+    config = engine_module.deepspeed_config(
+        micro_batch=8, grad_accum=2, world=1, zero_stage=2, precision="bf16", grad_clip=1.0, parameters=5000,
+        extra={"zero_optimization": {"overlap_comm": True, "reduce_bucket_size": 2048}, "bf16": {"enabled": False},
+               "steps_per_print": 10})
+    assert config["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 2048, "allgather_bucket_size": 5120,
+                                           "overlap_comm": True}
+    assert config["bf16"] == {"enabled": False} and config["steps_per_print"] == 10
+    assert config["train_batch_size"] == 16
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_where_native(native, monkeypatch):
     monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: native)

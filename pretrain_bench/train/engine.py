@@ -89,22 +89,44 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# DeepSpeed's default ZeRO bucket: 5e8 elements
+DEFAULT_BUCKET_ELEMENTS = 500_000_000
+
+
+def bucket_elements(parameters: int) -> int:
+    """ZeRO's gradient and all-gather buckets sized to the model, up to DeepSpeed's default. ZeRO-1/2 allocate
+    a reduce bucket at every micro-step (2 GB in fp32 at the default): on a CPU its release trims glibc's
+    heap and the next step faults everything placed above it in again (95,000 page faults and 7% of a
+    BERT-mini step on a 2-core EPYC); on a GPU it is memory the model never uses. A model smaller than the
+    default fills one bucket either way."""
+    return min(DEFAULT_BUCKET_ELEMENTS, -(-parameters // 1024) * 1024)  # all-gather wants an aligned multiple
+
+
 def deepspeed_config(*, micro_batch: int, grad_accum: int, world: int, zero_stage: int, precision: str,
-                     grad_clip: float, extra: dict) -> dict:
+                     grad_clip: float, parameters: int, extra: dict) -> dict:
+    bucket = bucket_elements(parameters)
     config = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": micro_batch * grad_accum * world,
         "gradient_clipping": grad_clip,
-        "zero_optimization": {"stage": zero_stage},
+        "zero_optimization": {"stage": zero_stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
     if precision == "bf16":
         config["bf16"] = {"enabled": True}
         config["data_types"] = {"grad_accum_dtype": "fp32"}
-    config.update(extra)
-    return config
+    return merged(config, extra)
+
+
+def merged(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, key by key into nested sections: `{"zero_optimization": {"overlap_comm": true}}`
+    adds to the stage and bucket sizes instead of replacing them."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def build_engine(module: nn.Module, optimizer: torch.optim.Optimizer, config: dict):

@@ -64,7 +64,7 @@ class TrainConfig(Section):
     collective_timeout_s: float = Field(600.0, gt=0, description="how long a rank waits in a collective for the "
                                         "others before it fails (multi-rank runs; the launcher then stops all)")
     peak_flops: float | None = Field(None, gt=0, description="MFU denominator in FLOP/s (default: measured)")
-    deepspeed: dict = Field({}, description="extra DeepSpeed config keys, merged last")
+    deepspeed: dict = Field({}, description="extra DeepSpeed config keys, merged last, key by key into nested sections")
 
     def problems(self, run) -> list[str]:
         issues = []

@@ -145,7 +145,8 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     start_accum = budget.grad_accum_steps(t.grad_accum_steps)
     engine = build_engine(module, optimizer, deepspeed_config(
         micro_batch=t.micro_batch_size, grad_accum=start_accum, world=world, zero_stage=t.zero_stage,
-        precision=precision, grad_clip=t.grad_clip, extra=t.deepspeed))
+        precision=precision, grad_clip=t.grad_clip, parameters=sum(p.numel() for p in module.parameters()),
+        extra=t.deepspeed))
 
     state = LoopState()
     checkpoints = CheckpointManager(run_dir / "checkpoints", engine, t.keep_checkpoints, is_main, barrier, say)
