@@ -9,12 +9,17 @@ for every registered objective. Same model shape, same packed data, same micro-b
 Each contender runs in its own process (peak memory is per process). Reported: tokens/s, step time,
 ratio to the baseline, MFU against a matmul peak measured here at the start and again at the end
 (the higher counts: one slow reading would flatter every MFU), the share of step time
-spent waiting for data, and peak memory. With `--rounds N` every contender runs N times, in N rounds
-over the whole list, and the fastest run counts: on a shared (virtual) machine a neighbour's burst slows
-whatever runs at that moment, never speeds it up; the table shows each contender's spread over the rounds.
-Our loop and its bare loop run back to back, in alternating order from round to round, and "vs bare loop"
-is the median over rounds of the two runs' ratio: a drift of the machine's speed between minutes that
-the fastest runs of each would mistake for overhead cancels within a pair.
+spent waiting for data, and peak memory.
+
+A shared virtual machine drifts by 10-25% within a minute or two, more than the differences measured here.
+So our loops and their bare loops run in lockstep: the processes of a group (`mlm`'s pair and two other
+objectives' pairs) start together, and the driver passes one turn at a time round them, forwards then
+backwards, one optimizer step per turn; a contender waits, idle, while the others step. Every step of a group
+thus runs on the same minutes of the machine as its neighbours, and "vs bare loop" and "step vs mlm" are
+medians over these neighbouring steps. The only instrument in our loop is that wait, taken after each log
+line and outside the timed span. With `--rounds N` every group runs N times, and the fastest run of each
+contender gives its tokens/s and MFU: a neighbour's burst slows whatever runs at that moment, never speeds
+it up. The Trainer baseline runs alone, once a round.
 """
 
 from __future__ import annotations
@@ -63,6 +68,50 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+TURN_FDS = "PRETRAIN_BENCH_TURN_FDS"  # the two pipe ends a lockstep child reads its turns from and reports on
+
+
+class Turns:
+    """A contender's side of the lockstep: wait for the driver's turn, take one step, hand the turn back.
+    Run by hand (`--contender`, no driver) every turn is granted at once."""
+
+    def __init__(self):
+        fds = os.environ.get(TURN_FDS)
+        self.go, self.done = ((os.fdopen(int(fd), mode) for fd, mode in zip(fds.split(","), "rw")) if fds
+                              else (None, None))
+
+    def _say(self, word: str) -> None:
+        if self.done:
+            print(word, file=self.done, flush=True)
+
+    def ready(self) -> None:
+        """Set up and past the first step (not in lockstep: the group starts together)."""
+        self._say("ready")
+
+    def take(self) -> float:
+        """Wait for the turn; returns when it starts."""
+        if self.go:
+            self.go.readline()
+        return time.perf_counter()
+
+    def hand_back(self) -> None:
+        self._say("done")
+
+    def released(self) -> None:
+        """After the last step: wait until the driver ends the lockstep (it closes the pipe), so that what this
+        process does on its way out never runs next to another contender's step."""
+        if self.go:
+            self.go.read()
+
+
+def summary(seconds: list[float], tokens: list[int], steps: int) -> dict:
+    """The measured (last `steps`) lockstep steps: tokens/s and mean step time over them, and each step's
+    seconds and tokens for the driver's pairing."""
+    seconds, tokens = seconds[-steps:], tokens[-steps:]
+    return {"tokens_per_s": sum(tokens) / sum(seconds), "step_s": sum(seconds) / len(seconds),
+            "step_seconds": seconds, "step_tokens": tokens}
 
 
 # --- contenders (each runs in a child process and prints one JSON line) ----------------------------
@@ -145,11 +194,11 @@ def bare_loop(args, objective_name: str) -> dict:
     micro_batches = MicroBatches(Rows(prepared, "train"), objective.corrupt, vocab.pad_id,
                                  args.micro_batch, cfg.seed, 0, 1, cfg.data.seq_len)
     device = "cuda" if args.cuda else "cpu"
-    batches, tokens = [], 0
+    batches, step_tokens = [], []
     for m in range(args.warmup + args.steps):
         inputs, num_tokens = micro_batches[m]
         batches.append({k: v.to(device) for k, v in inputs.items()})
-        tokens += num_tokens if m >= args.warmup else 0
+        step_tokens.append(num_tokens)
     torch.manual_seed(0)
     module = objective.build(cfg.model).to(device)  # compiled in place when --compile
     optimizer = torch.optim.AdamW(parameter_groups(module, 0.01), lr=5e-4, fused=True)
@@ -163,17 +212,21 @@ def bare_loop(args, objective_name: str) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for i, batch in enumerate(batches):
-        if i == args.warmup:
-            if args.cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+    sync = torch.cuda.synchronize if args.cuda else (lambda: None)
+    turns = Turns()
+    step(batches[0])
+    sync()
+    turns.ready()
+    seconds = []
+    for batch in batches[1:]:
+        start = turns.take()
         step(batch)
-    if args.cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    measured = {"tokens_per_s": tokens / seconds, "step_s": seconds / args.steps, "data_wait": 0.0,
-                "peak_memory_mb": peak_memory_mb(), "flops_per_step": training_flops(module, batches[0])}
+        sync()
+        seconds.append(time.perf_counter() - start)
+        turns.hand_back()
+    turns.released()
+    measured = {**summary(seconds, step_tokens[1:], args.steps), "data_wait": 0.0, "peak_memory_mb": peak_memory_mb(),
+                "flops_per_step": training_flops(module, batches[0])}
     return {**measured, **(op_shares(step, batches[-3:], args.cuda) if args.profile else {})}
 
 
@@ -209,22 +262,46 @@ def op_shares(step, batches, cuda: bool) -> dict:
 
 
 def pretrain_bench_loop(args, objective_name: str) -> dict:
-    """The real thing: `train()` with DeepSpeed, the loader and its workers, logging, the budget."""
+    """The real thing: `train()` with DeepSpeed, the loader and its workers, logging, the budget. A step is
+    timed from the end of one train log line (every step logs) to the end of the next, which spans the
+    whole loop: fetching the micro-batch, the step, the bookkeeping and the log line itself."""
     from pretrain_bench import config
     from pretrain_bench.train.run import train
+    from pretrain_bench.train.tracker import Tracker
 
-    with tempfile.TemporaryDirectory() as run_dir:
-        cfg = config.validate(run_config(args, objective_name, run_dir), "benchmark")
-        train(cfg, log=lambda m: None)
-        lines = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    lines = [l for l in lines if l["split"] == "train"]
-    first, last = lines[args.warmup - 1], lines[-1]
-    seconds = last["elapsed_s"] - first["elapsed_s"]
-    measured = lines[args.warmup:]
-    return {"tokens_per_s": (last["tokens"] - first["tokens"]) / seconds, "step_s": seconds / (last["step"] - first["step"]),
-            "mfu_logged": sum(l["mfu"] for l in measured) / len(measured),
-            "data_wait": sum(l["data_wait"] * l["step_s"] for l in measured) / sum(l["step_s"] for l in measured),
-            "peak_memory_mb": peak_memory_mb()}
+    turns, total = Turns(), args.warmup + args.steps
+    seconds, tokens, wait_s, flops = [], [], [], []
+    clock = {"turn": None, "tokens": 0}
+    original_log = Tracker.log
+
+    def log_in_lockstep(tracker, record):
+        original_log(tracker, record)
+        if record["split"] != "train":
+            return
+        if clock["turn"] is None:
+            turns.ready()
+        else:
+            seconds.append(time.perf_counter() - clock["turn"])
+            turns.hand_back()
+            tokens.append(record["tokens"] - clock["tokens"])
+            # the record's step_s also counts the wait for the turn; its data wait and FLOPs are absolute
+            wait_s.append(record["data_wait"] * record["step_s"])
+            flops.append(record["mfu"] * args.peak_flops * record["step_s"])
+        clock["tokens"] = record["tokens"]
+        if record["step"] < total:
+            clock["turn"] = turns.take()
+        else:
+            turns.released()  # before the export
+
+    Tracker.log = log_in_lockstep
+    try:
+        with tempfile.TemporaryDirectory() as run_dir:
+            train(config.validate(run_config(args, objective_name, run_dir), "benchmark"), log=lambda m: None)
+    finally:
+        Tracker.log = original_log
+    measured = summary(seconds, tokens, args.steps)
+    return {**measured, "data_wait": sum(wait_s[-args.steps:]) / sum(measured["step_seconds"]),
+            "flops_per_step": statistics.mean(flops[-args.steps:]), "peak_memory_mb": peak_memory_mb()}
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -246,15 +323,98 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def child(args, contender: str, peak: float) -> dict:
+def child_command(args, contender: str, peak: float) -> tuple[list[str], dict]:
     command = [sys.executable, __file__, "--contender", contender, "--peak-flops", str(peak), *sys.argv[1:]]
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu" if not args.cuda else "cuda")}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
+    return command, env
+
+
+def child_result(returncode: int, stdout: str, stderr: str) -> dict:
+    """The child's last stdout line, or its last error line."""
+    if returncode != 0:
+        return {"error": stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {returncode}"}
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def child(args, contender: str, peak: float) -> dict:
+    """A contender alone (the Trainer baseline)."""
+    command, env = child_command(args, contender, peak)
     result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return child_result(result.returncode, result.stdout, result.stderr)
+
+
+class LockstepChild:
+    """A contender in its own process that steps when the driver gives it the turn (`Turns`)."""
+
+    def __init__(self, args, contender: str, peak: float):
+        command, env = child_command(args, contender, peak)
+        go_read, go_write = os.pipe()
+        done_read, done_write = os.pipe()
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # never a full pipe
+        self.process = subprocess.Popen(command, stdout=self.out, stderr=self.err, text=True,
+                                        env={**env, TURN_FDS: f"{go_read},{done_write}"},
+                                        pass_fds=(go_read, done_write))
+        os.close(go_read)
+        os.close(done_write)
+        self.go, self.done = os.fdopen(go_write, "w"), os.fdopen(done_read)
+        self.alive = True
+
+    def wait(self) -> None:
+        """Until the child reports (ready, or its step done); a child that exited instead drops out."""
+        self.alive = self.alive and self.done.readline() != ""
+
+    def turn(self) -> None:
+        """One step of the child, the rest of the group waiting."""
+        if not self.alive:
+            return
+        try:
+            print("go", file=self.go, flush=True)
+        except BrokenPipeError:
+            self.alive = False
+            return
+        self.wait()
+
+    def result(self) -> dict:
+        """Release the child and wait for its exit and result (one child at a time)."""
+        self.go.close()
+        returncode = self.process.wait()
+        self.out.seek(0)
+        self.err.seek(0)
+        return child_result(returncode, self.out.read(), self.err.read())
+
+
+def groups(names: list[str], size: int) -> list[list[str]]:
+    """`mlm` and up to `size` other objectives per group, so that every objective's steps pair with mlm's;
+    a group's processes hold their memory together (about 2 GB each here)."""
+    others = [n for n in names if n != "mlm"]
+    head = ["mlm"] if "mlm" in names else []
+    return [head + others[i:i + size] for i in range(0, len(others), size)] or [head]
+
+
+def run_group(args, contenders: list[str], peak: float) -> dict[str, dict]:
+    """Start the group's contenders together; once each is set up and past its first step, pass the turn
+    round them, forwards then backwards, one step each, for each of their remaining steps."""
+    children = {c: LockstepChild(args, c, peak) for c in contenders}
+    for c in contenders:
+        children[c].wait()
+    for cycle in range(args.warmup + args.steps - 1):
+        for c in (contenders if cycle % 2 == 0 else contenders[::-1]):
+            children[c].turn()
+    return {c: children[c].result() for c in contenders}
+
+
+def paired(group_runs: list[dict], a: str, b: str, per_step) -> list[float]:
+    """`per_step(a's seconds, a's tokens, b's seconds, b's tokens)` for each lockstep step of every group
+    run that held both contenders (their n-th steps ran next to each other)."""
+    values = []
+    for run in group_runs:
+        ra, rb = run.get(a), run.get(b)
+        if ra and rb and "error" not in ra and "error" not in rb:
+            values += [per_step(*step) for step in zip(ra["step_seconds"], ra["step_tokens"], rb["step_seconds"],
+                                                       rb["step_tokens"])]
+    return values
 
 
 def table(results: dict, info: dict, peak: float) -> str:
@@ -262,27 +422,26 @@ def table(results: dict, info: dict, peak: float) -> str:
     measured = (f"the higher of {readings[0] / 1e9:,.0f} at the start and {readings[1] / 1e9:,.0f} at the end"
                 if len(readings) == 2 else "given with --peak-flops")
     baseline = results["hf_trainer"].get("tokens_per_s")
-    mlm_step = results.get("pretrain-bench:mlm", {}).get("step_s")
     lines = [f"# Training throughput: {info['name']}", "",
              f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}, deepspeed "
              f"{info['deepspeed']}; {info['date']}. Model: BERT 4 layers, width 256, 4 heads, FFN 1024, no dropout, "
              f"vocabulary {info['vocab']}, length {SEQ_LEN}, micro-batch {info['micro_batch']}; {info['steps']} steps after "
-             f"{info['warmup']} warm-up{info['compiled']}{info['allocator']}, the fastest of {info['rounds']} round(s); "
-             f"against the bare loop, the median over rounds of back-to-back runs' ratio (lowest-highest). Matmul peak: "
+             f"{info['warmup']} warm-up{info['compiled']}{info['allocator']}; our loops and their bare loops stepping in "
+             f"lockstep, in groups ({info['groups']}); the fastest of {info['rounds']} round(s); against the bare loop and "
+             f"against `mlm`'s step, the median over lockstep steps (quartiles). Matmul peak: "
              f"{peak / 1e9:,.0f} GFLOP/s ({info['dtype']}; {measured}).", "",
-             "| contender | tokens/s | step (ms) | vs baseline | vs bare loop (rounds) | step vs mlm | MFU | data wait | peak memory (MB) "
+             "| contender | tokens/s | step (ms) | vs baseline | vs bare loop (steps) | step vs mlm (steps) | MFU | data wait | peak memory (MB) "
              "| spread over rounds |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def ratio(a, b):
         return f"{a / b:.2f}x" if a and b else "n/a"
 
-    def versus_bare(r):
-        rounds = r.get("vs_bare_rounds") or []
-        if not rounds:
+    def median_quartiles(values: list[float]) -> str:
+        if len(values) < 2:
             return "n/a"
-        low_high = f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else ""
-        return f"{statistics.median(rounds):.2f}x{low_high}"
+        low, median, high = statistics.quantiles(values, n=4)
+        return f"{median:.2f}x ({low:.2f}-{high:.2f})"
 
     def spread(r):
         rounds = r["tokens_per_s_rounds"]
@@ -294,8 +453,8 @@ def table(results: dict, info: dict, peak: float) -> str:
             continue
         ours = name.startswith("pretrain-bench:")
         lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['step_s'] * 1e3:,.1f} | "
-                     f"{ratio(r['tokens_per_s'], baseline)} | {versus_bare(r) if ours else 'n/a'} | "
-                     f"{ratio(r['step_s'], mlm_step) if ours else ''} | "
+                     f"{ratio(r['tokens_per_s'], baseline)} | {median_quartiles(r['vs_bare_steps']) if ours else 'n/a'} | "
+                     f"{median_quartiles(r['vs_mlm_steps']) if ours else ''} | "
                      f"{r['mfu']:.1%} | {r['data_wait']:.1%} | {r['peak_memory_mb']:,.0f} | {spread(r)} |")
     profiled = {name: r for name, r in results.items() if "matmul_share" in r}
     if profiled:
@@ -310,40 +469,20 @@ def table(results: dict, info: dict, peak: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fastest(measured: list[dict], peak: float, given_peak: float) -> dict:
-    """The run with the most tokens/s (the least disturbed), its MFU against the driver's final peak (our
-    loops logged theirs against `given_peak`, the one they were started with), and the tokens/s of every
-    run."""
+def fastest(measured: list[dict], peak: float) -> dict:
+    """The run with the most tokens/s (the least disturbed), its MFU against the driver's final peak, and the
+    tokens/s of every run."""
     ok = [r for r in measured if "error" not in r]
     if not ok:
         return measured[-1]
     r = dict(max(ok, key=lambda r: r["tokens_per_s"]))
-    if "flops_per_step" in r:
-        r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
-    elif "mfu_logged" in r:
-        r["mfu"] = r.pop("mfu_logged") * given_peak / peak
+    r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
     if "matmul_share" in r:  # the MFU if every other operator took no time (kernel times, not shares:
         # the profiler slows the step, not the kernels)
         kernels_s = (r["matmul_share"] + r["attention_share"]) * r["profiled_step_s"]
         r["mfu_matmul_only"] = r["flops_per_step"] / kernels_s / peak
     r["tokens_per_s_rounds"] = [m["tokens_per_s"] for m in ok]
     return r
-
-
-def round_order(contenders: list[str], round_: int) -> list[str]:
-    """Every other round, each bare loop runs after our loop instead of before it: a machine that speeds up
-    or slows down through a round favours neither side of the pair."""
-    if round_ % 2 == 0:
-        return contenders
-    order = contenders[:1]
-    for bare, ours in zip(contenders[1::2], contenders[2::2]):
-        order += [ours, bare]
-    return order
-
-
-def paired_ratios(ours: list[dict], bare: list[dict]) -> list[float]:
-    """Our loop's tokens/s over its bare loop's, round by round (the two ran back to back)."""
-    return [o["tokens_per_s"] / b["tokens_per_s"] for o, b in zip(ours, bare) if "error" not in o and "error" not in b]
 
 
 def machine_name(cuda: bool) -> str:
@@ -376,7 +515,9 @@ def main() -> None:
     p.add_argument("--micro-batch", type=int, default=64, help="rows per step")
     p.add_argument("--vocab", type=int, default=32768,
                    help="WordPiece vocabulary size (the issue's range: 16k-32k; BERT has 30,522, cramming 32,768)")
-    p.add_argument("--rounds", type=int, default=4, help="runs of every contender, in rounds over the list; the fastest counts")
+    p.add_argument("--rounds", type=int, default=2, help="runs of every lockstep group (and of the Trainer); each contender's fastest gives its tokens/s")
+    p.add_argument("--group-size", type=int, default=2,
+                   help="objectives besides mlm per lockstep group (each adds two processes of about 2 GB)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile our encoder (bare loop and pretrain-bench; the baseline stays as run_mlm runs it)")
     p.add_argument("--num-workers", type=int, default=1, help="pretrain-bench DataLoader workers")
@@ -394,41 +535,57 @@ def main() -> None:
     import torch
 
     from pretrain_bench.train.host_memory import keep_freed_memory
+    from pretrain_bench.train.throughput import matmul_peak_flops
 
     args.cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if args.cuda else torch.float32
+
+    def measure_peak() -> float:  # a fresh reading each time, not the one the function caches for training
+        return matmul_peak_flops.__wrapped__("cuda" if args.cuda else "cpu", dtype, seconds=3.0)
+
     if args.contender:
         kind, _, objective = args.contender.partition(":")
         if not (args.cuda or args.malloc_defaults):  # every contender, as train() does on a CPU
             keep_freed_memory()
+        args.peak_flops = args.peak_flops or measure_peak()  # our loop's FLOPs are read back from its MFU
         run = {"hf_trainer": lambda: hf_trainer(args), "bare": lambda: bare_loop(args, objective),
                "pretrain-bench": lambda: pretrain_bench_loop(args, objective)}[kind]
         print(json.dumps(run()))
         return
 
     from pretrain_bench import objectives
-    from pretrain_bench.train.throughput import matmul_peak_flops
-
-    dtype = torch.bfloat16 if args.cuda else torch.float32
-    def measure_peak() -> float:  # a fresh reading each time, not the one the function caches for training
-        return matmul_peak_flops.__wrapped__("cuda" if args.cuda else "cpu", dtype, seconds=3.0)
 
     start_peak = args.peak_flops or measure_peak()
     names = args.objectives.split(",") if args.objectives else list(objectives.available())
-    contenders = ["hf_trainer"] + [f"{kind}:{n}" for n in names for kind in ("bare", "pretrain-bench")]
-    runs = {contender: [] for contender in contenders}
+    runs = {contender: [] for contender in ["hf_trainer"] + [f"{kind}:{n}" for n in names
+                                                               for kind in ("bare", "pretrain-bench")]}
+    group_runs = []
     for round_ in range(args.rounds):
-        for contender in round_order(contenders, round_):
-            print(f"round {round_ + 1}/{args.rounds}: running {contender} ...", file=sys.stderr, flush=True)
-            runs[contender].append(r := child(args, contender, start_peak))
-            print(f"  {json.dumps(r)}", file=sys.stderr, flush=True)
+        print(f"round {round_ + 1}/{args.rounds}: running hf_trainer ...", file=sys.stderr, flush=True)
+        runs["hf_trainer"].append(r := child(args, "hf_trainer", start_peak))
+        print(f"  {json.dumps(r)}", file=sys.stderr, flush=True)
+        for group in groups(names, args.group_size):
+            contenders = [f"{kind}:{n}" for n in group for kind in ("bare", "pretrain-bench")]
+            print(f"round {round_ + 1}/{args.rounds}: running {', '.join(contenders)} in lockstep ...",
+                  file=sys.stderr, flush=True)
+            group_runs.append(run_group(args, contenders, start_peak))
+            for contender, r in group_runs[-1].items():
+                runs[contender].append(r)
+                print(f"  {contender}: " + (r["error"] if "error" in r else f"{r['tokens_per_s']:,.0f} tokens/s"),
+                      file=sys.stderr, flush=True)
     readings = [] if args.peak_flops else [start_peak, measure_peak()]
     peak = max(readings) if readings else args.peak_flops
-    results = {contender: fastest(measured, peak, start_peak) for contender, measured in runs.items()}
+    results = {contender: fastest(measured, peak) for contender, measured in runs.items()}
     for name in names:
-        results[f"pretrain-bench:{name}"]["vs_bare_rounds"] = paired_ratios(runs[f"pretrain-bench:{name}"],
-                                                                            runs[f"bare:{name}"])
+        ours = f"pretrain-bench:{name}"
+        results[ours]["vs_bare_steps"] = paired(group_runs, ours, f"bare:{name}",
+                                                lambda s, t, bare_s, bare_t: (t / s) / (bare_t / bare_s))
+        results[ours]["vs_mlm_steps"] = paired(group_runs, ours, "pretrain-bench:mlm",
+                                               lambda s, t, mlm_s, mlm_t: s / mlm_s)
     info = {**machine(), "name": args.name or default_name(args), "rounds": args.rounds,
-            "steps": args.steps, "warmup": args.warmup, "micro_batch": args.micro_batch, "vocab": args.vocab,
+            "steps": args.steps, "warmup": args.warmup,
+            "groups": "; ".join(", ".join(g) for g in groups(names, args.group_size)),
+            "micro_batch": args.micro_batch, "vocab": args.vocab,
             "compiled": "; our encoder torch.compiled" if args.compile else "",
             "allocator": "" if args.cuda else ("; glibc's default allocator" if args.malloc_defaults
                                                else "; freed memory kept in every process (train.keep_freed_memory)"),
