@@ -8,8 +8,9 @@ for every registered objective. Same model shape, same packed data, same micro-b
 
 Each contender runs in its own process (peak memory is per process). Reported: tokens/s, step time,
 ratio to the baseline, MFU against a matmul peak measured here at the start and again at the end
-(the higher counts: one slow reading would flatter every MFU), the share of step time
-spent waiting for data, and peak memory.
+(the higher counts: one slow reading would flatter every MFU) and, for the lockstep contenders, each step's
+MFU against a peak read between the cycles around it (below), the share of step time spent waiting for data,
+and peak memory.
 
 A shared virtual machine drifts by 10-25% within a minute or two, more than the differences measured here.
 So our loops and their bare loops run in lockstep: the processes of a group (`mlm`'s pair and two other
@@ -19,7 +20,9 @@ thus runs on the same minutes of the machine as its neighbours, and "vs bare loo
 medians over these neighbouring steps. The only instrument in our loop is that wait, taken after each log
 line and outside the timed span. With `--rounds N` every group runs N times, and the fastest run of each
 contender gives its tokens/s and MFU: a neighbour's burst slows whatever runs at that moment, never speeds
-it up. The Trainer baseline runs alone, once a round.
+it up. The Trainer baseline runs alone, once a round. The matmul peak drifts the same way, so the driver
+also reads it (1 s) after every cycle, all children waiting: "MFU (steps)" puts each step's FLOP/s over the
+mean of the readings on either side of its cycle, numerator and denominator from the same seconds.
 """
 
 from __future__ import annotations
@@ -393,16 +396,25 @@ def groups(names: list[str], size: int) -> list[list[str]]:
     return [head + others[i:i + size] for i in range(0, len(others), size)] or [head]
 
 
-def run_group(args, contenders: list[str], peak: float) -> dict[str, dict]:
+def run_group(args, contenders: list[str], peak: float, measure_peak) -> dict[str, dict]:
     """Start the group's contenders together; once each is set up and past its first step, pass the turn
-    round them, forwards then backwards, one step each, for each of their remaining steps."""
+    round them, forwards then backwards, one step each, for each of their remaining steps. Between cycles,
+    the children waiting, the driver reads the matmul peak (`measure_peak`): each step's MFU is against the
+    mean of the readings on either side of its cycle, from the same seconds of the machine."""
     children = {c: LockstepChild(args, c, peak) for c in contenders}
     for c in contenders:
         children[c].wait()
+    readings = [measure_peak()]
     for cycle in range(args.warmup + args.steps - 1):
         for c in (contenders if cycle % 2 == 0 else contenders[::-1]):
             children[c].turn()
-    return {c: children[c].result() for c in contenders}
+        readings.append(measure_peak())
+    cycle_peaks = [(before + after) / 2 for before, after in zip(readings, readings[1:])]
+    results = {c: children[c].result() for c in contenders}
+    for r in results.values():
+        if "error" not in r:
+            r["step_peaks"] = cycle_peaks[-len(r["step_seconds"]):]
+    return results
 
 
 def paired(group_runs: list[dict], a: str, b: str, per_step) -> list[float]:
@@ -419,6 +431,7 @@ def paired(group_runs: list[dict], a: str, b: str, per_step) -> list[float]:
 
 def table(results: dict, info: dict, peak: float) -> str:
     readings = info["peak_readings"]
+    lockstep_low, lockstep_high = info["lockstep_peak_range"]
     measured = (f"the higher of {readings[0] / 1e9:,.0f} at the start and {readings[1] / 1e9:,.0f} at the end"
                 if len(readings) == 2 else "given with --peak-flops")
     baseline = results["hf_trainer"].get("tokens_per_s")
@@ -429,18 +442,22 @@ def table(results: dict, info: dict, peak: float) -> str:
              f"{info['warmup']} warm-up{info['compiled']}{info['allocator']}; our loops and their bare loops stepping in "
              f"lockstep, in groups ({info['groups']}); the fastest of {info['rounds']} round(s); against the bare loop and "
              f"against `mlm`'s step, the median over lockstep steps (quartiles). Matmul peak: "
-             f"{peak / 1e9:,.0f} GFLOP/s ({info['dtype']}; {measured}).", "",
-             "| contender | tokens/s | step (ms) | vs baseline | vs bare loop (steps) | step vs mlm (steps) | MFU | data wait | peak memory (MB) "
-             "| spread over rounds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{peak / 1e9:,.0f} GFLOP/s ({info['dtype']}; {measured}). MFU (steps): each lockstep step against the "
+             f"peak read between the cycles on either side of it ({lockstep_low / 1e9:,.0f}-{lockstep_high / 1e9:,.0f} "
+             f"GFLOP/s), the median over steps (quartiles).", "",
+             "| contender | tokens/s | step (ms) | vs baseline | vs bare loop (steps) | step vs mlm (steps) | MFU "
+             "| MFU (steps) | data wait | peak memory (MB) | spread over rounds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def ratio(a, b):
         return f"{a / b:.2f}x" if a and b else "n/a"
 
-    def median_quartiles(values: list[float]) -> str:
+    def median_quartiles(values: list[float], unit: str = "x") -> str:
         if len(values) < 2:
             return "n/a"
         low, median, high = statistics.quantiles(values, n=4)
+        if unit == "%":
+            return f"{median:.1%} ({low:.1%}-{high:.1%})"
         return f"{median:.2f}x ({low:.2f}-{high:.2f})"
 
     def spread(r):
@@ -449,13 +466,13 @@ def table(results: dict, info: dict, peak: float) -> str:
 
     for name, r in results.items():
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} | | | | | | | | |")
+            lines.append(f"| {name} | failed: {r['error']} | | | | | | | | | |")
             continue
         ours = name.startswith("pretrain-bench:")
         lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['step_s'] * 1e3:,.1f} | "
                      f"{ratio(r['tokens_per_s'], baseline)} | {median_quartiles(r['vs_bare_steps']) if ours else 'n/a'} | "
                      f"{median_quartiles(r['vs_mlm_steps']) if ours else ''} | "
-                     f"{r['mfu']:.1%} | {r['data_wait']:.1%} | {r['peak_memory_mb']:,.0f} | {spread(r)} |")
+                     f"{r['mfu']:.1%} | {median_quartiles(r['mfu_steps'], '%')} | {r['data_wait']:.1%} | {r['peak_memory_mb']:,.0f} | {spread(r)} |")
     profiled = {name: r for name, r in results.items() if "matmul_share" in r}
     if profiled:
         lines += ["", "Where the bare loop's step goes (torch.profiler, own time per operator, as shares of the profiled "
@@ -482,6 +499,8 @@ def fastest(measured: list[dict], peak: float) -> dict:
         kernels_s = (r["matmul_share"] + r["attention_share"]) * r["profiled_step_s"]
         r["mfu_matmul_only"] = r["flops_per_step"] / kernels_s / peak
     r["tokens_per_s_rounds"] = [m["tokens_per_s"] for m in ok]
+    r["mfu_steps"] = [m["flops_per_step"] / (s * p) for m in ok if "step_peaks" in m
+                      for s, p in zip(m["step_seconds"], m["step_peaks"])]
     return r
 
 
@@ -540,8 +559,12 @@ def main() -> None:
     args.cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if args.cuda else torch.float32
 
-    def measure_peak() -> float:  # a fresh reading each time, not the one the function caches for training
-        return matmul_peak_flops.__wrapped__("cuda" if args.cuda else "cpu", dtype, seconds=3.0)
+    def measure_peak(seconds: float = 3.0, windows: int = 4) -> float:  # a fresh reading each time, not the
+        # one the function caches for training
+        return matmul_peak_flops.__wrapped__("cuda" if args.cuda else "cpu", dtype, seconds=seconds, windows=windows)
+
+    def lockstep_peak() -> float:  # between cycles: the best of four 0.25 s windows
+        return measure_peak(seconds=1.0, windows=4)
 
     if args.contender:
         kind, _, objective = args.contender.partition(":")
@@ -568,7 +591,7 @@ def main() -> None:
             contenders = [f"{kind}:{n}" for n in group for kind in ("bare", "pretrain-bench")]
             print(f"round {round_ + 1}/{args.rounds}: running {', '.join(contenders)} in lockstep ...",
                   file=sys.stderr, flush=True)
-            group_runs.append(run_group(args, contenders, start_peak))
+            group_runs.append(run_group(args, contenders, start_peak, lockstep_peak))
             for contender, r in group_runs[-1].items():
                 runs[contender].append(r)
                 print(f"  {contender}: " + (r["error"] if "error" in r else f"{r['tokens_per_s']:,.0f} tokens/s"),
@@ -582,6 +605,7 @@ def main() -> None:
                                                 lambda s, t, bare_s, bare_t: (t / s) / (bare_t / bare_s))
         results[ours]["vs_mlm_steps"] = paired(group_runs, ours, "pretrain-bench:mlm",
                                                lambda s, t, mlm_s, mlm_t: s / mlm_s)
+    lockstep = [p for run in group_runs for r in run.values() for p in r.get("step_peaks", [])] or [0.0]
     info = {**machine(), "name": args.name or default_name(args), "rounds": args.rounds,
             "steps": args.steps, "warmup": args.warmup,
             "groups": "; ".join(", ".join(g) for g in groups(names, args.group_size)),
@@ -590,7 +614,7 @@ def main() -> None:
             "allocator": "" if args.cuda else ("; glibc's default allocator" if args.malloc_defaults
                                                else "; freed memory kept in every process (train.keep_freed_memory)"),
             "dtype": "bf16" if args.cuda else "fp32", "peak_flops": peak,
-            "peak_readings": readings}
+            "peak_readings": readings, "lockstep_peak_range": [min(lockstep), max(lockstep)]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{info['name']}.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))
     markdown = table(results, info, peak)
