@@ -472,7 +472,8 @@ def table(results: dict, info: dict, peak: float) -> str:
         lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['step_s'] * 1e3:,.1f} | "
                      f"{ratio(r['tokens_per_s'], baseline)} | {median_quartiles(r['vs_bare_steps']) if ours else 'n/a'} | "
                      f"{median_quartiles(r['vs_mlm_steps']) if ours else ''} | "
-                     f"{r['mfu']:.1%} | {median_quartiles(r['mfu_steps'], '%')} | {r['data_wait']:.1%} | {r['peak_memory_mb']:,.0f} | {spread(r)} |")
+                     f"{r['mfu']:.1%} | {median_quartiles(r['mfu_steps'], '%')} | {r['data_wait']:.1%} | "
+                     f"{r['peak_memory_mb']:,.0f} | {spread(r)} |")
     profiled = {name: r for name, r in results.items() if "matmul_share" in r}
     if profiled:
         lines += ["", "Where the bare loop's step goes (torch.profiler, own time per operator, as shares of the profiled "
@@ -549,7 +550,8 @@ def main() -> None:
                    help="glibc's default allocator in every contender (without train.keep_freed_memory)")
     p.add_argument("--contender", default=None, help=argparse.SUPPRESS)
     p.add_argument("--peak-flops", type=float, default=None,
-                   help="MFU denominator in FLOP/s (default: a square matmul measured at the start)")
+                   help="MFU denominator in FLOP/s (default: a square matmul measured at the start, at the end "
+                        "and between lockstep cycles)")
     args = p.parse_args()
     import torch
 
@@ -563,8 +565,8 @@ def main() -> None:
         # one the function caches for training
         return matmul_peak_flops.__wrapped__("cuda" if args.cuda else "cpu", dtype, seconds=seconds, windows=windows)
 
-    def lockstep_peak() -> float:  # between cycles: the best of four 0.25 s windows
-        return measure_peak(seconds=1.0, windows=4)
+    def lockstep_peak() -> float:  # between cycles: the best of four 0.25 s windows, or the peak given
+        return args.peak_flops or measure_peak(seconds=1.0, windows=4)
 
     if args.contender:
         kind, _, objective = args.contender.partition(":")
