@@ -11,8 +11,8 @@ from transformers import BertConfig, BertModel, ElectraConfig, ElectraForMaskedL
 from data_prep import tokenizer as tokenizers
 from pretrain_bench.cli import main
 from pretrain_bench.errors import UserError
-from pretrain_bench.eval.finetune import (FinetuneConfig, build_model, finetune_seeds, layerwise_groups,
-                                         model_folder)
+from pretrain_bench.eval.finetune import (FinetuneConfig, build_model, finetune_seeds, layer_depth,
+                                         layerwise_groups, model_folder)
 from pretrain_bench.eval.tasks import TaskConfig, load_task
 from pretrain_bench.models import backbone
 from pretrain_bench.objectives import Vocab
@@ -167,6 +167,23 @@ def test_layer_lr_decay_scales_each_depth_and_zero_freezes_the_encoder(tmp_path,
     trained = {id(p) for group in layerwise_groups(model, 0.01, 0.0) for p in group["params"]}
     assert trained == {id(names[name]) for name, scale in expected.items() if scale == 1.0}
     assert {name for name, p in names.items() if p.requires_grad} == {n for n, s in expected.items() if s == 1.0}
+
+
+@pytest.mark.parametrize("arch", ["bert", "crammed"])
+def test_reinit_top_layers_replaces_exactly_the_top_layers(tmp_path, tokenizer, generated, arch):
+    model_cfg = backbone.ModelConfig(size="tiny", arch=arch)  # 2 layers
+    folder = save(backbone.build_mlm_model(model_cfg, Vocab.from_tokenizer(tokenizer)), tokenizer, tmp_path / arch)
+    task = generated["binary"]
+    kept = dict(build_model(folder, task, "pretrained", 0).named_parameters())
+    for count, fresh_depths in ((1, {2}), (2, {1, 2})):
+        built = dict(build_model(folder, task, "pretrained", 0, reinit_top_layers=count).named_parameters())
+        assert built.keys() == kept.keys()
+        replaced = {name for name in kept if not torch.equal(kept[name], built[name])}
+        in_fresh_layers = {name for name in kept if layer_depth(name, 2) in fresh_depths}
+        # every weight matrix of a fresh layer is redrawn (norms and zero biases may repeat the saved ones)
+        assert {name for name in in_fresh_layers if kept[name].dim() == 2} <= replaced <= in_fresh_layers
+    with pytest.raises(UserError, match=r"finetune.reinit_top_layers 3: .* has 2 encoder layers; give at most 2"):
+        build_model(folder, task, "random", 0, reinit_top_layers=3)
 
 
 def test_a_bf16_checkpoint_and_its_floor_are_fine_tuned_in_fp32(tmp_path, tokenizer, generated):

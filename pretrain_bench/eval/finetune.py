@@ -60,6 +60,9 @@ class FinetuneConfig(Section):
                                   "(ELECTRA fine-tunes with 0.8): what sits above the last layer (pooler, head, "
                                   "classifier) at finetune.lr, the last layer at lr x decay, ..., the embeddings "
                                   "at lr x decay^(layers + 1); 1: one lr everywhere; 0: the encoder stays frozen")
+    reinit_top_layers: int = Field(0, ge=0, description="encoder layers, counted from the top, that start from "
+                                   "fresh weights instead of the checkpoint's (Zhang et al., 2021: the top layers "
+                                   "are specialised to the pre-training task); 0: keep every pre-trained layer")
     eval_batch_size: int = Field(128, ge=1, description="examples per evaluation forward pass")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
     keep_freed_memory: bool = Field(True, description="on a CPU under glibc, as train.keep_freed_memory")
@@ -117,10 +120,11 @@ DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifi
 
 
 def build_model(folder: Path, task: Task, init: Init, seed: int, dropout: float | None = None,
-                pooling: str | None = None):
+                pooling: str | None = None, reinit_top_layers: int = 0):
     """The checkpoint's encoder with a fresh task head, or (init='random') the same architecture with
     fresh weights everywhere: the floor a pre-trained encoder has to beat. `dropout` replaces every
-    dropout rate of the checkpoint's config, `pooling` its classifier pooling."""
+    dropout rate of the checkpoint's config, `pooling` its classifier pooling; the top `reinit_top_layers`
+    encoder layers of a pre-trained one get fresh weights."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     with _quiet_transformers():
@@ -136,13 +140,31 @@ def build_model(folder: Path, task: Task, init: Init, seed: int, dropout: float 
                                 "classifier always reads the [CLS] vector; set finetune.pooling: null (pooling is "
                                 "a choice of the crammed architecture, ModernBERT)")
             config.classifier_pooling = pooling
+        if reinit_top_layers > config.num_hidden_layers:
+            raise UserError(f"finetune.reinit_top_layers {reinit_top_layers}: {folder} has "
+                            f"{config.num_hidden_layers} encoder layers; give at most {config.num_hidden_layers}")
         torch.manual_seed(seed)  # the new head (and, for the floor, every weight)
         # fp32 whatever the checkpoint's dtype: transformers would build a bf16-saved one (and its floor) in
         # bf16, whose AdamW updates round away
         if init == "random":
             return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-        return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config, dtype=torch.float32,
-                                                                  local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), config=config, dtype=torch.float32,
+                                                                   local_files_only=True)
+        if reinit_top_layers:
+            reinit_top(model, reinit_top_layers, AutoModelForSequenceClassification.from_config(config,
+                                                                                             dtype=torch.float32))
+        return model
+
+
+def reinit_top(model, count: int, fresh) -> None:
+    """Copy the top `count` encoder layers of `fresh` (a model of the same config with transformers' own
+    initialisation) into `model`: the loaded weights are marked as initialised, so re-running the
+    initialisers in place would leave them as they are."""
+    num_layers = model.config.num_hidden_layers
+    fresh_weights = fresh.state_dict()
+    top = {name: fresh_weights[name] for name in fresh_weights
+           if num_layers - count < layer_depth(name, num_layers) <= num_layers}
+    model.load_state_dict(top, strict=False)
 
 
 @contextmanager
@@ -260,7 +282,7 @@ def finetune_once(folder: Path, tokenizer, task: Task, train: Encoded, evals: di
         torch.set_num_threads(cfg.threads)
     if cfg.keep_freed_memory and not torch.cuda.is_available():
         keep_freed_memory()
-    model = build_model(folder, task, init, seed, cfg.dropout, cfg.pooling)
+    model = build_model(folder, task, init, seed, cfg.dropout, cfg.pooling, cfg.reinit_top_layers)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and cfg.max_seq_len > limit:
         raise UserError(f"finetune.max_seq_len {cfg.max_seq_len} exceeds the model's max_position_embeddings "
