@@ -170,6 +170,20 @@ def test_layer_lr_decay_scales_each_depth_and_zero_freezes_the_encoder(tmp_path,
 
 
 @pytest.mark.parametrize("arch", ["bert", "crammed"])
+def test_freeze_embeddings_freezes_exactly_the_embedding_layer(tmp_path, tokenizer, generated, arch):
+    model_cfg = backbone.ModelConfig(size="tiny", arch=arch)
+    folder = save(backbone.build_mlm_model(model_cfg, Vocab.from_tokenizer(tokenizer)), tokenizer, tmp_path / arch)
+    model = build_model(folder, generated["binary"], "pretrained", 0)
+    names = dict(model.named_parameters())
+    embeddings = {name for name in names if name.split(".")[1] == "embeddings"}
+    assert any("word_embeddings" in n or "tok_embeddings" in n for n in embeddings)
+    scale_of = {id(p): group["lr_scale"] for group in layerwise_groups(model, 0.01, 0.5, freeze_embeddings=True)
+                for p in group["params"]}
+    assert {name for name, p in names.items() if id(p) in scale_of} == names.keys() - embeddings
+    assert {name for name, p in names.items() if not p.requires_grad} == embeddings
+
+
+@pytest.mark.parametrize("arch", ["bert", "crammed"])
 def test_reinit_top_layers_replaces_exactly_the_top_layers(tmp_path, tokenizer, generated, arch):
     model_cfg = backbone.ModelConfig(size="tiny", arch=arch)  # 2 layers
     folder = save(backbone.build_mlm_model(model_cfg, Vocab.from_tokenizer(tokenizer)), tokenizer, tmp_path / arch)

@@ -63,6 +63,9 @@ class FinetuneConfig(Section):
     reinit_top_layers: int = Field(0, ge=0, description="encoder layers, counted from the top, that start from "
                                    "fresh weights instead of the checkpoint's (Zhang et al., 2021: the top layers "
                                    "are specialised to the pre-training task); 0: keep every pre-trained layer")
+    freeze_embeddings: bool = Field(False, description="keep the embedding layer as the checkpoint has it (Kim, "
+                                    "2014, 'static' word vectors): words absent from the labelled set keep their "
+                                    "place beside the words it moves; the floor's random embeddings stay frozen too")
     eval_batch_size: int = Field(128, ge=1, description="examples per evaluation forward pass")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
     keep_freed_memory: bool = Field(True, description="on a CPU under glibc, as train.keep_freed_memory")
@@ -195,13 +198,14 @@ def layer_depth(name: str, num_layers: int) -> int:
     return int(found.group(1)) + 1 if found else num_layers + 1
 
 
-def layerwise_groups(model, weight_decay: float, decay: float) -> list[dict]:
+def layerwise_groups(model, weight_decay: float, decay: float, freeze_embeddings: bool = False) -> list[dict]:
     """AdamW groups by depth and weight decay, each with the `lr_scale` of its depth; a depth whose scale is
-    0 is frozen instead (no gradients computed)."""
+    0 (and the embeddings, with `freeze_embeddings`) is frozen instead (no gradients computed)."""
     num_layers = model.config.num_hidden_layers
     groups: dict[tuple[float, float], dict] = {}
     for name, param in model.named_parameters():
-        scale = decay ** (num_layers + 1 - layer_depth(name, num_layers))
+        depth = layer_depth(name, num_layers)
+        scale = 0.0 if freeze_embeddings and depth == 0 else decay ** (num_layers + 1 - depth)
         if scale == 0:
             param.requires_grad_(False)
             continue
@@ -289,8 +293,8 @@ def finetune_once(folder: Path, tokenizer, task: Task, train: Encoded, evals: di
                         f"{limit} ({folder}); lower finetune.max_seq_len")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     use_types = _takes_token_types(model)
-    optimizer = torch.optim.AdamW(layerwise_groups(model, cfg.weight_decay, cfg.layer_lr_decay), lr=cfg.lr,
-                                  betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True)
+    groups = layerwise_groups(model, cfg.weight_decay, cfg.layer_lr_decay, cfg.freeze_embeddings)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
