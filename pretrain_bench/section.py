@@ -1,5 +1,6 @@
-"""Config building blocks: the frozen, strict `Section` every component's Config derives from, and
-the translation of pydantic's errors into one line that names the source, the field and the fix."""
+"""Config building blocks: the frozen, strict `Section` every component's Config derives from, the
+translation of pydantic's errors into one line that names the source, the field and the fix, and the
+key-by-key merge of one config tree over another."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ import pydantic
 from pydantic import BaseModel, ConfigDict
 
 from pretrain_bench.errors import UserError, closest
+
+
+def merged(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, key by key into nested sections: a study's `budget: {minutes: 2}` keeps its
+    recipe's curriculum, a DeepSpeed `{"zero_optimization": {"overlap_comm": true}}` keeps the stage."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 class Section(BaseModel):

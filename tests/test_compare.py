@@ -180,6 +180,32 @@ def test_study_config_errors(tmp_path, corpus_file, cache_dir, change, message):
         config.validate(raw, "study.yaml")
 
 
+def test_pretrain_recipe_is_overridden_key_by_key(tmp_path, corpus_file, cache_dir):
+    recipe = {"run_dir": "r", "seed": 3, "model": {"size": "mini", "hidden_size": 128, "num_heads": 4},
+              "train": {"lr": 5e-3, "micro_batch_size": 8}, "budget": {"minutes": 10},
+              "objective": {"name": "wwm"}}  # a recipe's own objective is not the study's
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    raw = study_config(tmp_path, corpus_file, cache_dir)
+    del raw["model"], raw["seed"]
+    raw["train"] = {"lr": 1e-3}
+    raw["pretrain_recipe"] = str(tmp_path / "recipe.yaml")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    study, runs = config.load(path, ["budget.minutes=2"])
+    run = runs["mlm"]
+    assert (run.seed, run.model.size, run.model.hidden_size) == (3, "mini", 128)  # from the recipe
+    assert (run.train.lr, run.train.micro_batch_size) == (1e-3, 8)  # the study's key over the recipe's section
+    assert run.budget.minutes == 2 and run.objective.name == "mlm" and run.data.seq_len == SEQ_LEN
+
+    recipe["model"]["num_heads"] = 3  # the recipe's own mistake is named in the recipe's file
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(UserError, match=r"recipe.yaml: model.hidden_size 128 is not divisible by model.num_heads 3"):
+        config.load(path)
+    with pytest.raises(UserError, match=r"study.yaml: pretrain_recipe 'nowhere.yaml' is not a file; give a "
+                                        r"pre-training config such as configs/recipes/cpu-10min.yaml"):
+        config.load(path, ["pretrain_recipe=nowhere.yaml"])
+
+
 @pytest.mark.parametrize("name", ["quickstart", "compare-en", "compare-zh"])
 def test_shipped_study_configs_validate(name):
     study, runs = config.load(REPO / "configs" / f"{name}.yaml")

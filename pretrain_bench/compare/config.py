@@ -16,18 +16,22 @@ from pretrain_bench.errors import UserError
 from pretrain_bench.eval.finetune import FinetuneConfig
 from pretrain_bench.eval.tasks import DOCSTRINGS, TaskConfig, task_name
 from pretrain_bench.models.backbone import ModelConfig
-from pretrain_bench.section import Section, validation_error
+from pretrain_bench.section import Section, merged, validation_error
 from pretrain_bench.train.budget import BudgetConfig
 from pretrain_bench.train.loop import TrainConfig
 
 FLOOR = "random-init"  # the label of the randomly initialised encoder
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # labels name folders
+SHARED = ("seed", "data", "model", "train", "budget")  # what every objective's run shares
 
 
 class StudyConfig(Section):
     """Objectives side by side at equal budget, each fine-tuned on every task."""
 
     run_dir: str = Field(description="study folder: runs/<label>/ (pre-training), finetune/ (results per seed), report/")
+    pretrain_recipe: str | None = Field(None, description="a pre-training config (e.g. configs/recipes/cpu-10min.yaml) "
+                                        "whose seed, data, model, train and budget the study starts from; the "
+                                        "sections written here override it key by key")
     seed: int = Field(0, description="pre-training seed, the same for every objective")
     data: DataConfig = Field(default_factory=DataConfig, description="the corpus and tokenizer, shared")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the encoder shape, shared")
@@ -45,7 +49,20 @@ def load(path: str | Path, overrides: list[str] = ()) -> tuple[StudyConfig, dict
     """The study and one validated RunConfig per objective label, in the config's order."""
     raw = run_config.read_yaml(path)
     applied = run_config.apply_overrides(raw, list(overrides))
-    return validate(raw, str(path), applied)
+    return validate(over_recipe(raw, str(path)), str(path), applied)
+
+
+def over_recipe(raw: dict, source: str) -> dict:
+    """The study's shared sections laid key by key over those of its `pretrain_recipe`, if it names one."""
+    recipe = raw.get("pretrain_recipe")
+    if recipe is None:
+        return raw
+    if not Path(str(recipe)).is_file():
+        raise UserError(f"{source}: pretrain_recipe '{recipe}' is not a file; give a pre-training config such as "
+                        f"configs/recipes/cpu-10min.yaml (relative to the working directory, as every path)")
+    base = run_config.read_yaml(recipe)
+    run_config.validate(base, str(recipe))  # a whole pre-training config: its problems are named in its file
+    return merged({key: base[key] for key in SHARED if key in base}, raw)
 
 
 def validate(raw: dict, source: str, applied: dict[str, str] | None = None):
@@ -54,7 +71,7 @@ def validate(raw: dict, source: str, applied: dict[str, str] | None = None):
     except pydantic.ValidationError as e:
         raise validation_error(e, StudyConfig, source, applied or {}) from None
     runs = {}
-    shared = study.model_dump(mode="json", include={"seed", "data", "model", "train", "budget"})
+    shared = study.model_dump(mode="json", include=set(SHARED))
     for i, entry in enumerate(study.objectives):
         entry = dict(entry)
         label = str(entry.pop("label", entry.get("name", "mlm")))

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pretrain_bench.section import merged
+
 SINGLE_PROCESS_ENV = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
 
 
@@ -118,15 +120,6 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, world: int, zero_stag
         config["bf16"] = {"enabled": True}
         config["data_types"] = {"grad_accum_dtype": "fp32"}
     return merged(config, extra)
-
-
-def merged(base: dict, extra: dict) -> dict:
-    """`extra` over `base`, key by key into nested sections: `{"zero_optimization": {"overlap_comm": true}}`
-    adds to the stage and bucket sizes instead of replacing them."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def build_engine(module: nn.Module, optimizer: torch.optim.Optimizer, config: dict):
