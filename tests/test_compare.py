@@ -206,7 +206,7 @@ def test_pretrain_recipe_is_overridden_key_by_key(tmp_path, corpus_file, cache_d
         config.load(path, ["pretrain_recipe=nowhere.yaml"])
 
 
-@pytest.mark.parametrize("name", ["quickstart", "compare-en", "compare-zh"])
+@pytest.mark.parametrize("name", ["quickstart", "compare-en", "compare-zh", "study/main-job-cpu-10min"])
 def test_shipped_study_configs_validate(name):
     study, runs = config.load(REPO / "configs" / f"{name}.yaml")
     assert len(runs) >= 2 and study.random_init_floor and len(study.finetune.seeds) >= 3
