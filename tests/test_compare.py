@@ -196,6 +196,8 @@ def test_pretrain_recipe_is_overridden_key_by_key(tmp_path, corpus_file, cache_d
     assert (run.seed, run.model.size, run.model.hidden_size) == (3, "mini", 128)  # from the recipe
     assert (run.train.lr, run.train.micro_batch_size) == (1e-3, 8)  # the study's key over the recipe's section
     assert run.budget.minutes == 2 and run.objective.name == "mlm" and run.data.seq_len == SEQ_LEN
+    _, runs = config.load(path, ["budget.tokens=4096"])  # another kind of budget replaces the recipe's minutes
+    assert (runs["mlm"].budget.tokens, runs["mlm"].budget.minutes) == (4096, None)
 
     recipe["model"]["num_heads"] = 3  # the recipe's own mistake is named in the recipe's file
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))

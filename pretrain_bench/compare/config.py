@@ -17,7 +17,7 @@ from pretrain_bench.eval.finetune import FinetuneConfig
 from pretrain_bench.eval.tasks import DOCSTRINGS, TaskConfig, task_name
 from pretrain_bench.models.backbone import ModelConfig
 from pretrain_bench.section import Section, merged, validation_error
-from pretrain_bench.train.budget import BudgetConfig
+from pretrain_bench.train.budget import AMOUNTS, BudgetConfig
 from pretrain_bench.train.loop import TrainConfig
 
 FLOOR = "random-init"  # the label of the randomly initialised encoder
@@ -62,7 +62,11 @@ def over_recipe(raw: dict, source: str) -> dict:
                         f"configs/recipes/cpu-10min.yaml (relative to the working directory, as every path)")
     base = run_config.read_yaml(recipe)
     run_config.validate(base, str(recipe))  # a whole pre-training config: its problems are named in its file
-    return merged({key: base[key] for key in SHARED if key in base}, raw)
+    shared = {key: base[key] for key in SHARED if key in base}
+    budget = raw.get("budget")
+    if isinstance(budget, dict) and any(k in budget for k in AMOUNTS):  # the study's amount replaces the recipe's
+        shared["budget"] = {k: v for k, v in (shared.get("budget") or {}).items() if k not in AMOUNTS}
+    return merged(shared, raw)
 
 
 def validate(raw: dict, source: str, applied: dict[str, str] | None = None):

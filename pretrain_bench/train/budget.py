@@ -28,6 +28,9 @@ class EarlyStopConfig(Section):
     loss_above: float = Field(gt=0, description="stop if the running training loss is above this")
 
 
+AMOUNTS = ("hours", "minutes", "tokens")  # the ways to give a budget, at most one at a time
+
+
 class BudgetConfig(Section):
     """At most one of hours, minutes, tokens; none means a step-limited run (train.max_steps)."""
 
@@ -44,7 +47,7 @@ class BudgetConfig(Section):
 
     @model_validator(mode="after")
     def _one_budget(self):
-        given = [k for k in ("hours", "minutes", "tokens") if getattr(self, k) is not None]
+        given = [k for k in AMOUNTS if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of hours, minutes, tokens, not {' and '.join(given)}")
         untils = [s.until for s in self.seq_len_curriculum]
