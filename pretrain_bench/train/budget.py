@@ -49,7 +49,7 @@ class BudgetConfig(Section):
     def _one_budget(self):
         given = [k for k in AMOUNTS if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ValueError(f"give one of hours, minutes, tokens, not {' and '.join(given)}")
+            raise ValueError(f"give one of {', '.join(AMOUNTS)}, not {' and '.join(given)}")
         untils = [s.until for s in self.seq_len_curriculum]
         if untils != sorted(untils) or len(set(untils)) != len(untils):
             raise ValueError("seq_len_curriculum stages must have increasing 'until'")
