@@ -119,10 +119,12 @@ class Budget:
         return self.elapsed_s + (self.now() - self._since if self._since is not None else 0.0)
 
     # --- progress ---
-    def progress(self) -> float:
+    def progress(self, seconds: float | None = None) -> float:
+        """Progress now, or at `seconds` of training: a reading that every rank agreed on, so that ranks whose
+        clocks tick on apart still take every decision alike."""
         mode = self.cfg.mode
         if mode == "time":
-            return self.training_seconds() / self.cfg.seconds
+            return (self.training_seconds() if seconds is None else seconds) / self.cfg.seconds
         if mode == "tokens":
             return self.tokens / self.cfg.tokens
         return self.steps / self.max_steps
@@ -131,8 +133,8 @@ class Budget:
         """train.max_steps reached (the stop of a step-limited run, a safety cap otherwise)."""
         return self.max_steps is not None and self.steps >= self.max_steps
 
-    def exhausted(self) -> bool:
-        return self.progress() >= 1.0 or self.capped()
+    def exhausted(self, seconds: float | None = None) -> bool:
+        return self.progress(seconds) >= 1.0 or self.capped()
 
     def grad_accum_steps(self, final: int, progress: float | None = None) -> int:
         """Gradient accumulation at `progress` (default: now): grows linearly from 1 to `final` over
@@ -151,12 +153,12 @@ class Budget:
                 return stage.seq_len
         return full
 
-    def diverged(self, loss: float) -> str | None:
-        """A message if the early-termination rule fires for this running loss, else None."""
+    def diverged(self, loss: float, progress: float) -> str | None:
+        """A message if the early-termination rule fires for this running loss at `progress`, else None."""
         rule = self.cfg.early_stop
-        if rule and self.progress() >= rule.at and not loss <= rule.loss_above:
+        if rule and progress >= rule.at and not loss <= rule.loss_above:
             return (f"early termination: training loss {loss:.3f} is above budget.early_stop.loss_above="
-                    f"{rule.loss_above} at {self.progress():.0%} of the budget (rule from {rule.at:.0%}); "
+                    f"{rule.loss_above} at {progress:.0%} of the budget (rule from {rule.at:.0%}); "
                     "lower train.lr or check the data")
         return None
 

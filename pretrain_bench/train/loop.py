@@ -115,6 +115,7 @@ class Trainer:
         self.window = MetricWindow()
         self.window_tokens = self.window_flops = self.window_wait_s = 0  # window_wait_s: waiting for data
         self.window_start_s = budget.training_seconds()
+        self.clock_s = budget.training_seconds()  # the training clock as the ranks last agreed on it
         self.signal_name: str | None = None
         self.seq_len = cfg.data.seq_len
         self.stage_flops = 0.0  # FLOPs of one micro-batch at the current sequence length
@@ -123,7 +124,7 @@ class Trainer:
     # --- the loop ---
     def fit(self) -> str:
         """Train until the budget is spent; returns why it stopped ('budget' or 'max_steps')."""
-        self._set_step_hyperparameters(self.budget.progress())
+        self._set_step_hyperparameters(self.budget.progress(self.clock_s))
         reason = self._stop_reason()  # a resumed run may have spent its budget already
         with self._signals():
             self.budget.start()
@@ -166,7 +167,7 @@ class Trainer:
         self.window.add(out)
         self.position += 1
         self.window_flops += self.stage_flops
-        tokens, signalled = self._agree(num_tokens)
+        tokens, signalled, self.clock_s = self._agree(num_tokens)
         self.budget.tokens += tokens
         self.window_tokens += tokens
         if boundary:
@@ -182,7 +183,7 @@ class Trainer:
         return self._stop_reason()  # after every micro-batch; a partial window is dropped
 
     def _stop_reason(self) -> str | None:
-        if self.budget.exhausted():
+        if self.budget.exhausted(self.clock_s):
             return "max_steps" if self.budget.capped() else "budget"
         return None
 
@@ -190,12 +191,12 @@ class Trainer:
         self.budget.steps += 1
         self.state.micro_batches = self.position
         self._count_nonfinite()
-        progress = self.budget.progress()  # one value for every decision at this boundary
+        progress = self.budget.progress(self.clock_s)  # one value, the same on every rank, for every decision
         self._set_step_hyperparameters(progress)
         self.tracker.progress(progress)
         checkpoint_due = self._checkpoint_due()
         if self.budget.steps % self.train_cfg.log_every == 0 or checkpoint_due:
-            message = self.budget.diverged(self.log()["loss"])
+            message = self.budget.diverged(self.log()["loss"], progress)
             if message:
                 self._save()
                 raise RunStopped(f"{message}; checkpoint kept in {self.checkpoints.folder}")
@@ -231,16 +232,18 @@ class Trainer:
         if accum != self.engine.gradient_accumulation_steps():
             self.engine.set_train_batch_size(self.train_cfg.micro_batch_size * accum * self.world)
 
-    def _agree(self, tokens: int) -> tuple[int, str | None]:
-        """Global tokens of this micro-batch and any rank's signal; ranks also adopt their mean clock,
-        so progress, and every decision taken from it, is the same on all of them."""
+    def _agree(self, tokens: int) -> tuple[int, str | None, float]:
+        """Global tokens of this micro-batch, any rank's signal and the ranks' mean training clock. Ranks adopt
+        that clock, and every decision until the next micro-batch reads this one value: clocks read again
+        would differ between ranks, and a rank that stopped alone would leave the others in a collective."""
         if self.world == 1:
-            return tokens, self.signal_name
+            return tokens, self.signal_name, self.budget.training_seconds()
         shared = torch.tensor([float(tokens), float(self.signal_name is not None), self.budget.training_seconds()],
                               dtype=torch.float64, device=self.engine.device)  # NCCL reduces GPU tensors only
         self.all_reduce(shared)
-        self.budget.set_training_seconds(shared[2].item() / self.world)
-        return int(shared[0]), (self.signal_name or "signal on another rank") if shared[1] > 0 else None
+        agreed = shared[2].item() / self.world
+        self.budget.set_training_seconds(agreed)
+        return int(shared[0]), (self.signal_name or "signal on another rank") if shared[1] > 0 else None, agreed
 
     def _fires(self, kind: str, points: list[float], progress: float) -> list[float]:
         """The points reached by `progress` that have not fired yet (now marked as fired)."""
@@ -252,7 +255,7 @@ class Trainer:
         every, minutes = self.train_cfg.checkpoint_every, self.train_cfg.checkpoint_every_minutes
         if every and self.budget.steps % every == 0:
             return True
-        return bool(minutes) and self.budget.training_seconds() - self.state.last_checkpoint_s >= minutes * 60
+        return bool(minutes) and self.clock_s - self.state.last_checkpoint_s >= minutes * 60
 
     def log(self) -> dict:
         """A metrics line. Its progress is the value at the step's boundary, from which the learning rate,
@@ -284,7 +287,7 @@ class Trainer:
 
     def _save(self) -> None:
         with self.budget.paused():
-            self.state.last_checkpoint_s = self.budget.training_seconds()
+            self.state.last_checkpoint_s = self.clock_s
             self.checkpoints.save(f"step{self.budget.steps:08d}", self.save_state())
             self.saved_step = self.budget.steps
 
