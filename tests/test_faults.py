@@ -24,7 +24,9 @@ import torch
 from safetensors.torch import load_file
 
 from pretrain_bench import cli
+from pretrain_bench.errors import UserError
 from pretrain_bench.train.checkpoint import TMP_PREFIX, CheckpointManager
+from pretrain_bench.train.tracker import Tracker
 from tests.conftest import REPO, clean_env, launch, read_metrics, shm_buffers_left
 
 pytestmark = pytest.mark.e2e
@@ -201,6 +203,49 @@ def test_truncated_or_unreadable_checkpoints_are_reported(tmp_path, reference):
     assert manager.verify("step00000060") == f"{optim.name} is missing or truncated"
     (manager.folder / "step00000040" / "checkpoint.json").write_text("{not json")
     assert manager.verify("step00000040").startswith("unreadable checkpoint.json")
+
+
+class LoadingEngine:
+    """Stands in for DeepSpeed's load: hands back the tag it was asked for, or fails as DeepSpeed does when
+    the run has another number of ranks than the checkpoint."""
+
+    def __init__(self, refuse: bool = False):
+        self.refuse = refuse
+
+    def load_checkpoint(self, folder: str, tag: str):
+        if self.refuse:
+            raise RuntimeError("the checkpoint being loaded used a DP world size of 1 but the current world size is 2")
+        return f"{folder}/{tag}", {"tag": tag}
+
+
+def test_an_intact_checkpoint_that_does_not_load_stops_the_run_and_stays_in_place(tmp_path, reference):
+    """Another number of ranks is a setting to put back, not damage: the run stops with the fix, and no
+    checkpoint is moved aside (a resume with the right settings still finds them all)."""
+    folder = tmp_path / "run" / "checkpoints"
+    shutil.copytree(reference / "checkpoints", folder)
+    manager = CheckpointManager(folder, LoadingEngine(refuse=True), 2, True, lambda: None, lambda m: None)
+    with pytest.raises(UserError, match=r"step00000060: the checkpoint is intact but does not load into this run "
+                                        r"\(RuntimeError: .*DP world size.*\); resume with the settings it was saved with"):
+        manager.load_latest()
+    assert manager.complete_tags() == ["step00000040", "step00000060"]
+    assert not list(folder.glob(".unusable-*"))
+
+
+def test_a_complete_checkpoint_newer_than_the_latest_pointer_is_the_one_loaded(tmp_path, reference):
+    """A kill between a checkpoint's rename and the move of the `latest` pointer: the newer checkpoint is
+    complete, so a resume continues from it rather than from the one the pointer still names."""
+    folder = tmp_path / "run" / "checkpoints"
+    shutil.copytree(reference / "checkpoints", folder)
+    (folder / "latest").write_text("step00000040")
+    manager = CheckpointManager(folder, LoadingEngine(), 2, True, lambda: None, lambda m: None)
+    assert manager.load_latest() == ("step00000060", {"tag": "step00000060"})
+
+
+def test_a_metrics_line_cut_short_by_a_full_disk_is_dropped_on_resume(tmp_path):
+    lines = [json.dumps({"split": "train", "step": step, "loss": 1.0}) for step in (10, 20, 30)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"split": "train", "st')
+    Tracker(tmp_path, True, resume_step=30).close()
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines() == lines
 
 
 def test_injected_nan_is_skipped_and_counted(tmp_path, tiny_overrides, capsys):

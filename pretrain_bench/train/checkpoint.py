@@ -3,8 +3,9 @@
 A save goes to `checkpoints/.tmp-<tag>/` on every rank; rank 0 then writes `checkpoint.json` (every
 file with its size and sha256), renames the folder to `<tag>` and only then moves the `latest`
 pointer (write-then-rename). A load verifies the checksums first and falls back to the previous
-complete checkpoint if the newest is unreadable. A failed save (full disk) removes its temporary
-folder and leaves every earlier checkpoint as it was.
+complete checkpoint if the newest is damaged; an intact checkpoint that does not load (another number
+of ranks, another precision) stops the run and stays where it is. A failed save (full disk) removes
+its temporary folder and leaves every earlier checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 from data_prep.pack import sha256_file
-from pretrain_bench.errors import RunStopped
+from pretrain_bench.errors import RunStopped, UserError
 
 MANIFEST = "checkpoint.json"
 TMP_PREFIX = ".tmp-"
-UNUSABLE_PREFIX = ".unusable-"  # a checkpoint that failed to load, kept for inspection, never loaded again
+UNUSABLE_PREFIX = ".unusable-"  # a damaged checkpoint, kept for inspection, never loaded again
 
 
 def _fsync_dir(path: Path) -> None:
@@ -113,23 +114,14 @@ class CheckpointManager:
         if self.is_main and self.folder.is_dir():  # saves a kill interrupted: never complete, never read
             for stale in self.folder.glob(f"{TMP_PREFIX}*"):
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-        tags = self.complete_tags()
-        pointer = self.folder / "latest"
-        if pointer.exists() and pointer.read_text().strip() in tags:  # the pointer names the newest normally
-            tags.remove(latest := pointer.read_text().strip())
-            tags.append(latest)
         loaded, unusable = None, []
-        for tag in reversed(tags):
+        # newest first by name (step numbers), not by the `latest` pointer: a kill between a checkpoint's
+        # rename and the pointer's move leaves the newer one complete
+        for tag in reversed(self.complete_tags()):
             problem = self.verify(tag)
             if problem is None:
-                try:
-                    path, client_state = self.engine.load_checkpoint(str(self.folder), tag=tag)
-                    if path is not None:
-                        loaded = tag, client_state
-                        break
-                    problem = "DeepSpeed could not load it"
-                except Exception as e:  # a corrupt file surfaces as any error from torch.load
-                    problem = f"{e.__class__.__name__}: {e}"
+                loaded = tag, self._load(tag)
+                break
             self.log(f"checkpoint {self.folder / tag} is unusable ({problem}); trying the previous one")
             unusable.append(tag)
         self.barrier()  # every rank has read its files before rank 0 moves any
@@ -140,3 +132,17 @@ class CheckpointManager:
                 os.replace(self.folder / tag, aside)
                 self.log(f"moved it to {aside}; delete it once inspected")
         return loaded
+
+    def _load(self, tag: str) -> dict:
+        """Load a verified checkpoint; its client state. Its files are as saved, so a failure here comes from this
+        run's settings, and the checkpoint stays in place for a resume with the right ones."""
+        try:
+            path, client_state = self.engine.load_checkpoint(str(self.folder), tag=tag)
+            problem = None if path is not None else "DeepSpeed found nothing to load"
+        except Exception as e:  # e.g. DeepSpeed refusing another data-parallel world size
+            problem = f"{e.__class__.__name__}: {e}"
+        if problem is None:
+            return client_state
+        raise UserError(f"{self.folder / tag}: the checkpoint is intact but does not load into this run ({problem}); "
+                        "resume with the settings it was saved with (number of ranks, train.precision, "
+                        "train.zero_stage), or start over with --overwrite")

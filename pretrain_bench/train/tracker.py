@@ -43,6 +43,14 @@ class MetricWindow:
         return {k: (s / c).item() for k, s, c in zip(keys, sums, counts) if c > 0}
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of a metrics line; None for a line cut short when the disk filled or the run was killed."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class Tracker:
     """Rank 0 writes; other ranks hold a Tracker that does nothing."""
 
@@ -54,7 +62,7 @@ class Tracker:
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():  # drop lines the killed run wrote after its checkpoint
             kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+                    if (step := _logged_step(line)) is not None and step <= resume_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
