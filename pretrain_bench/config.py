@@ -28,7 +28,7 @@ class RunConfig(Section):
     """One pre-training run."""
 
     run_dir: str = Field(description="folder for config.yaml, metrics, checkpoints and final/")
-    seed: int = Field(0, description="seeds initialisation, data order and corruption")
+    seed: int = Field(0, ge=0, description="seeds initialisation, data order and corruption")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: ObjectiveConfig = Field(default_factory=lambda: ObjectiveConfig(name="mlm"))

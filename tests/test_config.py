@@ -116,3 +116,20 @@ def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
     changed = {**cfg, "train": {**cfg["train"], "lr": cfg["train"]["lr"] * 2}}
     with pytest.raises(UserError, match="the run was made with a different config .*train.lr"):
         rundir.check(tmp_path, changed, resume=True, overwrite=False)
+
+
+def test_max_steps_may_change_on_resume_only_where_a_budget_sets_the_length(tmp_path):
+    """Without a budget, train.max_steps is what progress, and so the learning-rate schedule, is measured
+    against: changing it would change what the resumed run learns. With a budget it is only a cap."""
+    from pretrain_bench.train import rundir
+
+    for budget, blocked in (([], True), (["budget.tokens=50000"], False)):
+        cfg = config.load(REPO / "configs" / "tiny-cpu.yaml", [f"run_dir={tmp_path}", *budget])
+        saved = cfg.model_dump(mode="json")
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+        longer = {**saved, "train": {**saved["train"], "max_steps": saved["train"]["max_steps"] * 2}}
+        if blocked:
+            with pytest.raises(UserError, match="the run was made with a different config .*train.max_steps"):
+                rundir.check(tmp_path, longer, resume=True, overwrite=False)
+        else:
+            rundir.check(tmp_path, longer, resume=True, overwrite=False)

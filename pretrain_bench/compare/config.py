@@ -32,7 +32,7 @@ class StudyConfig(Section):
     pretrain_recipe: str | None = Field(None, description="a pre-training config (e.g. configs/recipes/cpu-10min.yaml) "
                                         "whose seed, data, model, train and budget the study starts from; the "
                                         "sections written here override it key by key")
-    seed: int = Field(0, description="pre-training seed, the same for every objective")
+    seed: int = Field(0, ge=0, description="pre-training seed, the same for every objective")
     data: DataConfig = Field(default_factory=DataConfig, description="the corpus and tokenizer, shared")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the encoder shape, shared")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings, shared")

@@ -189,7 +189,8 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     def evaluate() -> dict:
         window = MetricWindow()
         engine.module.eval()
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        # the GPU's generator too: ELECTRA samples on it, and a resume must find it as the first run left it
+        with torch.random.fork_rng(devices=[engine.device] if use_cuda else []), torch.no_grad():
             for m in range(eval_count):
                 inputs, _ = eval_set[m]
                 window.add(engine(**{k: v.to(engine.device) for k, v in inputs.items()}))

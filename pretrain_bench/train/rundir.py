@@ -9,9 +9,11 @@ import yaml
 
 from pretrain_bench import config as config_
 from pretrain_bench.errors import UserError
+from pretrain_bench.train.budget import AMOUNTS
 from pretrain_bench.train.checkpoint import atomic_write_text
 
-# Keys that may differ on --resume: they change how a run is watched or where it stops, not what it learns.
+# Keys that may differ on --resume: they change how a run is watched or where it stops, not what it learns
+# (train.max_steps only with a budget: without one, progress, and so the schedule, is measured against it).
 RESUMABLE_KEYS = {"train.max_steps", "train.log_every", "train.num_workers", "train.threads",
                   "train.keep_checkpoints", "train.checkpoint_every", "train.checkpoint_every_minutes",
                   "train.collective_timeout_s",
@@ -55,7 +57,9 @@ def check(run_dir: Path, config: dict, resume: bool, overwrite: bool) -> None:
     if existing.exists():
         changed = differences(saved_config(existing), config)
         if resume:
-            blocking = {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}
+            budgeted = any(config.get("budget", {}).get(amount) is not None for amount in AMOUNTS)
+            resumable = RESUMABLE_KEYS if budgeted else RESUMABLE_KEYS - {"train.max_steps"}
+            blocking = {k: v for k, v in changed.items() if k not in resumable}
             if blocking:
                 detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(blocking.items())[:5])
                 raise UserError(f"{existing}: the run was made with a different config ({detail}); resume with "

@@ -48,8 +48,10 @@ def training_flops(module: torch.nn.Module, inputs: dict) -> float:
     """FLOPs of forward + backward for one micro-batch: the counted forward times 3 (backward ~ 2x).
     Runs in eval mode without gradients and leaves the RNG untouched."""
     was_training = module.training
+    device = next(module.parameters()).device
     module.eval()
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with (torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(),
+          FlopCounterMode(display=False) as counter):
         module(**inputs)
     module.train(was_training)
     return 3.0 * counter.get_total_flops()
