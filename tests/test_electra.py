@@ -250,14 +250,20 @@ def test_nes_shares_nothing():
 
 @pytest.mark.parametrize("sharing", ["es", "nes", "gdes"])
 def test_sampling_stops_the_discriminator_gradient_at_the_generator(sharing):
+    """The generator's encoder and head learn from its MLM loss alone: the whole loss, lambda x BCE included,
+    gives them exactly the gradient of the generator's loss (a differentiable sampler would add to it)."""
     obj, module = build(embedding_sharing=sharing)
+    module.eval()  # no dropout: both forwards below see the same generator
     _, inputs = batch(obj)
-    seen = capture_discriminator_input(module)
-    out = module(**inputs)
-    disc_loss, _ = module.discriminate(seen["input_ids"], inputs["attention_mask"], out["_disc_labels"])
     generator = module.generator
     layers = [*generator.electra.encoder.parameters(), *generator.generator_predictions.parameters()]
-    assert all(g is None for g in torch.autograd.grad(disc_loss, layers, allow_unused=True))
+    whole = torch.autograd.grad(module(**inputs)["loss"], layers)
+    gen_loss, _, _ = module.generate(**inputs)
+    assert all(torch.allclose(w, g) for w, g in zip(whole, torch.autograd.grad(gen_loss, layers)))
+    if sharing == "es":  # the control: the one shared table does learn from the discriminator, and this sees it
+        table = generator.electra.embeddings.word_embeddings.weight
+        whole, = torch.autograd.grad(module(**inputs)["loss"], table)
+        assert not torch.allclose(whole, torch.autograd.grad(module.generate(**inputs)[0], table)[0])
 
 
 def test_gdes_discriminator_loss_leaves_the_generator_embeddings_alone():

@@ -74,6 +74,17 @@ def test_specials_never_selected_and_labels_match_types(selection):
     assert (out["input_ids"][out["corruption_type"] == Corruption.MASK] == VOCAB.mask_id).all()
 
 
+def test_padding_is_never_a_candidate_even_when_not_listed_as_special():
+    """A plug-in's hand-built Vocab may leave the pad id out of special_ids: padding still never counts."""
+    from pretrain_bench.objectives.masking import candidates
+
+    vocab = Vocab(size=1000, pad_id=0, cls_id=2, sep_id=3, mask_id=4, unk_id=1, special_ids=(1, 2, 3, 4))
+    ids = packed_rows(4)
+    ids[:, 60:] = vocab.pad_id
+    cand = candidates(ids, vocab)
+    assert not cand[:, 60:].any() and cand[:, 1:60].all()
+
+
 def test_same_seed_same_corruption_other_seed_differs():
     ids = packed_rows(64)
     a, b, c = corrupt(ids, seed=5), corrupt(ids, seed=5), corrupt(ids, seed=6)

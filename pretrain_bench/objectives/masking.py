@@ -33,7 +33,7 @@ class MaskingConfig(Section):
 
 def candidates(input_ids: torch.Tensor, vocab: Vocab) -> torch.Tensor:
     """bool[B, L]: positions that may be selected (not special, not padding)."""
-    return ~torch.isin(input_ids, torch.tensor(vocab.special_ids, dtype=input_ids.dtype))
+    return ~torch.isin(input_ids, torch.tensor(vocab.special_ids, dtype=input_ids.dtype)) & (input_ids != vocab.pad_id)
 
 
 def exact_k_counts(input_ids: torch.Tensor, vocab: Vocab, rate: float, max_predictions: int) -> torch.Tensor:
@@ -43,7 +43,8 @@ def exact_k_counts(input_ids: torch.Tensor, vocab: Vocab, rate: float, max_predi
 
 
 def default_max_predictions(seq_len: int, rate: float) -> int:
-    """max_predictions_per_seq ~ L*p as in BERT's flags (20 @128, 77 @512 for p=0.15)."""
+    """max_predictions_per_seq ~ L*p as BERT's flags (20 @128, 78 @512 for p=0.15; BERT's 80 @512 never binds
+    either, as k = round(len * p) <= 77)."""
     return int(round(seq_len * rate)) + 1
 
 

@@ -47,7 +47,8 @@ class MPASettings(Section):
                           "(0 trains the base objective alone and still logs the harm metrics)")
     guided_heads: list[tuple[int, int]] | None = Field(
         None, description="[layer, head] pairs whose attention is guided; null: heads 0 and 1 of each layer in "
-        "the upper half (head 0 only when a layer has 2 heads, so one unguided head stays as the control)")
+        "the upper half (head 0 only when a layer has 2 heads, so one unguided head stays as the control; a "
+        "1-head model has no control head)")
     keys: Literal["words", "all"] = Field(
         "words", description="words: the guided row renormalized over word keys (not special, not the query), "
         "so attention parked on [CLS]/[SEP]/[MASK] is no escape; all: the whole row, as SPEC §5 writes it")
