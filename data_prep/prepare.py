@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from data_prep import sources
 from data_prep import tokenizer as tokenizers_
 from data_prep.pack import PACKERS, ShardWriter, SpecialIds, sha256_file
 from data_prep.tokenize import init_worker, tokenize
+from data_prep.words import SEGMENTERS, refiner
 from pretrain_bench.errors import UserError
 from pretrain_bench.section import Section
 
@@ -69,6 +70,13 @@ class DataConfig(Section):
     rows_per_shard: int = Field(16384, ge=1, description="rows in one shard file")
     cache_dir: str = Field("~/.cache/pretrain-bench", description="where prepared data is cached")
 
+    @field_validator("segmenter")
+    @classmethod
+    def _known_segmenter(cls, name: str) -> str:
+        if name not in SEGMENTERS:  # here, not in the tokenization workers after the tokenizer is trained
+            raise ValueError(f"unknown segmenter '{name}'; choose one of {', '.join(SEGMENTERS)}")
+        return name
+
     def fingerprint(self, packing: str) -> str:
         """Hash of everything that decides the shards' content (not where or how fast they are made)."""
         # The source fingerprint lists the files data.exclude keeps, so the patterns themselves are left out.
@@ -76,6 +84,12 @@ class DataConfig(Section):
         version = PACKERS[packing].version  # version 1 keeps the hashes of data prepared before packers had one
         content.update(packing=packing if version == 1 else f"{packing}/v{version}", format=FORMAT_VERSION,
                        source=sources.fingerprint(self.path, self.exclude))
+        # files named by path count by their content: a tokenizer or dictionary replaced in place is another one
+        if self.tokenizer.path:
+            content["tokenizer_content"] = tokenizers_.fingerprint(tokenizers_.load(self.tokenizer.path))
+        user_dict = Path(self.segmenter_options.get("user_dict") or "")
+        if user_dict.is_file():  # a missing one is the segmenter's error to report
+            content["user_dict_content"] = sha256_file(user_dict)
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -152,6 +166,21 @@ def prepare(cfg: DataConfig, packing: str = "concat", artifacts: dict[str, Secti
 
 
 @contextmanager
+def _scratch(final: Path) -> Iterator[Path]:
+    """The folder `final` is built in, under a temporary name that the caller renames once complete. Called under
+    `final`'s lock: a failure removes it, and so does the next build after a kill (the leftovers of any pid)."""
+    for stale in final.parent.glob(f"{final.name}.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
 def _locked(lock_path: Path):
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as handle:
@@ -172,13 +201,11 @@ def _artifact(prepared: Prepared, name: str, settings: Section, log) -> Path:
     if (folder / "done.json").exists():
         log(f"data_prep: artifact '{name}' cached ({folder})")
         return folder
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     log(f"data_prep: building artifact '{name}'")
-    ARTIFACTS[name](prepared, settings, tmp)
-    (tmp / "done.json").write_text(json.dumps(key, indent=1))
-    os.replace(tmp, folder)
+    with _scratch(folder) as tmp:
+        ARTIFACTS[name](prepared, settings, tmp)
+        (tmp / "done.json").write_text(json.dumps(key, indent=1))
+        os.replace(tmp, folder)
     return folder
 
 
@@ -215,72 +242,68 @@ def _trained_tokenizer(cfg: DataConfig, cache: Path, log) -> Path:
                 return islice(docs, cfg.tokenizer.max_training_documents)
 
             tok = tokenizers_.train(training_docs, cfg.tokenizer)
-            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tok.save_pretrained(str(tmp))
-            os.replace(tmp, folder)
+            with _scratch(folder) as tmp:
+                tok.save_pretrained(str(tmp))
+                os.replace(tmp, folder)
     return folder
 
 
 def _build(cfg: DataConfig, packing: str, digest: str, root: Path, log) -> None:
     cache = Path(cfg.cache_dir).expanduser()
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     log(f"data_prep: preparing {cfg.path} -> {root}")
+    refiner(cfg.segmenter, cfg.segmenter_options)  # a bad option fails here, before a tokenizer is trained
+    with _scratch(root) as tmp:
+        tok = tokenizers_.load(cfg.tokenizer.path or _trained_tokenizer(cfg, cache, log))
+        tok.model_max_length = cfg.seq_len
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        special = SpecialIds(cls=tok.cls_token_id, sep=tok.sep_token_id, pad=tok.pad_token_id)
+        id_dtype = np.uint16 if len(tok) <= np.iinfo(np.uint16).max + 1 else np.int32
 
-    tok = tokenizers_.load(cfg.tokenizer.path or _trained_tokenizer(cfg, cache, log))
-    tok.model_max_length = cfg.seq_len
-    tok.save_pretrained(str(tmp / "tokenizer"))
-    special = SpecialIds(cls=tok.cls_token_id, sep=tok.sep_token_id, pad=tok.pad_token_id)
-    id_dtype = np.uint16 if len(tok) <= np.iinfo(np.uint16).max + 1 else np.int32
+        writers = {s: ShardWriter(tmp, s, cfg.rows_per_shard, id_dtype) for s in ("train", "validation")}
+        counts = {s: {"documents": 0, "tokens": 0} for s in writers}
+        packers = {s: PACKERS[packing].for_tokenizer(cfg.seq_len, special, tok) for s in writers}
 
-    writers = {s: ShardWriter(tmp, s, cfg.rows_per_shard, id_dtype) for s in ("train", "validation")}
-    counts = {s: {"documents": 0, "tokens": 0} for s in writers}
-    packers = {s: PACKERS[packing].for_tokenizer(cfg.seq_len, special, tok) for s in writers}
+        def jobs() -> Iterator[tuple[str, list[str]]]:
+            pending = {s: [] for s in writers}
+            for doc in _documents(cfg, cache):
+                split = _split_of(doc, cfg.validation_fraction)
+                pending[split].append(doc)
+                if len(pending[split]) == DOCS_PER_JOB:
+                    yield split, pending[split]
+                    pending[split] = []
+            yield from ((s, docs) for s, docs in pending.items() if docs)
 
-    def jobs() -> Iterator[tuple[str, list[str]]]:
-        pending = {s: [] for s in writers}
-        for doc in _documents(cfg, cache):
-            split = _split_of(doc, cfg.validation_fraction)
-            pending[split].append(doc)
-            if len(pending[split]) == DOCS_PER_JOB:
-                yield split, pending[split]
-                pending[split] = []
-        yield from ((s, docs) for s, docs in pending.items() if docs)
+        num_proc = cfg.num_proc or (1 if cfg.segmenter == "wordpiece" else os.cpu_count() or 1)
+        worker_args = (str(tmp / "tokenizer" / "tokenizer.json"), cfg.segmenter, cfg.segmenter_options, num_proc > 1)
+        bar = tqdm(total=_total_bytes(cfg), unit="B", unit_scale=True, desc="tokenize+pack", file=sys.stderr)
+        with _pool(num_proc, worker_args) as imap:
+            for split, tokenized, nbytes in imap(tokenize, jobs()):
+                counts[split]["documents"] += len(tokenized.lengths)
+                counts[split]["tokens"] += int(tokenized.lengths.sum())
+                for chunk in packers[split].add(tokenized):
+                    writers[split].add(chunk)
+                bar.update(nbytes)
+        bar.close()
 
-    num_proc = cfg.num_proc or (1 if cfg.segmenter == "wordpiece" else os.cpu_count() or 1)
-    worker_args = (str(tmp / "tokenizer" / "tokenizer.json"), cfg.segmenter, cfg.segmenter_options, num_proc > 1)
-    bar = tqdm(total=_total_bytes(cfg), unit="B", unit_scale=True, desc="tokenize+pack", file=sys.stderr)
-    with _pool(num_proc, worker_args) as imap:
-        for split, tokenized, nbytes in imap(tokenize, jobs()):
-            counts[split]["documents"] += len(tokenized.lengths)
-            counts[split]["tokens"] += int(tokenized.lengths.sum())
-            for chunk in packers[split].add(tokenized):
-                writers[split].add(chunk)
-            bar.update(nbytes)
-    bar.close()
-
-    splits = {}
-    for split, writer in writers.items():
-        shards = writer.close()
-        rows = sum(s["rows"] for s in shards)
-        if rows == 0:
-            shutil.rmtree(tmp)
-            raise UserError(f"data.path '{cfg.path}': too little text for one {split} row of {cfg.seq_len} "
-                            f"tokens ({counts[split]['documents']} documents); add text, lower data.seq_len "
-                            "or raise data.validation_fraction")
-        splits[split] = {**counts[split], "rows": rows, "shards": shards}
-    manifest = {
-        "format": FORMAT_VERSION, "config_hash": digest, "data": cfg.model_dump(mode="json"),
-        "packing": packing, "seq_len": cfg.seq_len, "segmenter": cfg.segmenter,
-        "tokenizer_hash": tokenizers_.fingerprint(tok), "vocab_size": len(tok), "splits": splits,
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)
-    log(f"data_prep: {splits['train']['rows']} train rows, {splits['validation']['rows']} validation rows, "
-        f"{splits['train']['tokens'] + splits['validation']['tokens']} tokens")
+        splits = {}
+        for split, writer in writers.items():
+            shards = writer.close()
+            rows = sum(s["rows"] for s in shards)
+            if rows == 0:
+                raise UserError(f"data.path '{cfg.path}': too little text for one {split} row of {cfg.seq_len} "
+                                f"tokens ({counts[split]['documents']} documents); add text, lower data.seq_len "
+                                "or raise data.validation_fraction")
+            splits[split] = {**counts[split], "rows": rows, "shards": shards}
+        manifest = {
+            "format": FORMAT_VERSION, "config_hash": digest, "data": cfg.model_dump(mode="json"),
+            "packing": packing, "seq_len": cfg.seq_len, "segmenter": cfg.segmenter,
+            "tokenizer_hash": tokenizers_.fingerprint(tok), "vocab_size": len(tok), "splits": splits,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(tmp, root)
+        log(f"data_prep: {splits['train']['rows']} train rows, {splits['validation']['rows']} validation rows, "
+            f"{splits['train']['tokens'] + splits['validation']['tokens']} tokens")
 
 
 @contextmanager

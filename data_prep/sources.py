@@ -8,8 +8,11 @@ import ast
 import fnmatch
 import hashlib
 import json
+import functools
 import os
+import sys
 import sysconfig
+from importlib import metadata
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -44,9 +47,10 @@ def _matches(relative: Path, pattern: str) -> bool:
 
 
 def fingerprint(spec: str, exclude: Sequence[str] = ()) -> str:
-    """Identity of the source content: names, sizes and modification times (or the installed packages)."""
+    """Identity of the source content: names, sizes and modification times (or the installed packages and their
+    versions: an upgrade changes the docstrings)."""
     if spec == BUILTIN:
-        return hashlib.sha256(json.dumps(_builtin_roots()).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([_builtin_roots(), _builtin_versions()]).encode()).hexdigest()
     if spec.startswith(HUB_PREFIX):
         return spec
     path = Path(spec).expanduser()
@@ -108,16 +112,23 @@ def _decode(path: Path, data: bytes, errors: str) -> str:
 
 def _file_documents(path: Path, text_field: str, txt_documents: str, errors: str) -> Iterator[str]:
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"{path}: not a readable Parquet file ({e}); rewrite it or leave it out with "
+                            "data.exclude") from None
         if text_field not in table.column_names:
             raise UserError(f"{path}: no column '{text_field}' (has {table.column_names}); set data.text_field")
-        yield from (t for t in table.column(text_field).to_pylist() if t)
+        for row, value in enumerate(table.column(text_field).to_pylist()):
+            if value is not None:
+                yield _text(value, f"{path}: row {row}, column '{text_field}'", errors)
         return
     text = _decode(path, path.read_bytes(), errors)
     if path.suffix in (".jsonl", ".json"):
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(_lines(text), 1):
             if not line.strip():
                 continue
             try:
@@ -126,13 +137,34 @@ def _file_documents(path: Path, text_field: str, txt_documents: str, errors: str
                 raise UserError(f"{path}:{number}: invalid JSON ({e.msg}); each line must be one JSON object") from None
             if not isinstance(record, dict) or text_field not in record:
                 raise UserError(f"{path}:{number}: no field '{text_field}'; set data.text_field to the text key")
-            yield str(record[text_field])
+            if record[text_field] is not None:
+                yield _text(record[text_field], f"{path}:{number}: field '{text_field}'", errors)
     elif txt_documents == "file":
         yield text
     elif txt_documents == "line":
-        yield from text.splitlines()
+        yield from _lines(text)
     else:  # blank_line: paragraphs separated by empty lines
         yield from (block for block in text.replace("\r\n", "\n").split("\n\n"))
+
+
+def _lines(text: str) -> list[str]:
+    """Lines ended by \\n (or \\r\\n) only: str.splitlines() also cuts at U+2028, U+0085 and form feeds, which JSON
+    written with ensure_ascii=False keeps raw inside strings."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _text(value, where: str, errors: str) -> str:
+    """A document's text as UTF-8 can hold it; anything else is named with where it is."""
+    if not isinstance(value, str):
+        raise UserError(f"{where} holds {type(value).__name__}, not text; set data.text_field to the text key")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate, which JSON's \\ud83d escapes can spell
+        if errors == "strict":
+            raise UserError(f"{where}: not valid Unicode at character {e.start} (a lone surrogate); fix the text, or "
+                            "set data.encoding_errors=replace to substitute U+FFFD") from None
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
 
 
 def _hub_documents(name: str, split: str, text_field: str) -> Iterator[str]:
@@ -164,6 +196,14 @@ def _builtin_roots() -> list[tuple[str, str]]:
     return roots
 
 
+@functools.cache  # 0.4 s to scan the installed distributions; they do not change under a running process
+def _builtin_versions() -> dict[str, str]:
+    """Python's version and each harvested package's."""
+    distributions = metadata.packages_distributions()  # import name -> distribution names
+    return {"python": sys.version, **{package: metadata.version(distributions[package][0])
+                                      for package in BUILTIN_PACKAGES if package in distributions}}
+
+
 def _module_label(label: str, root: Path, file: Path) -> str:
     """The package a docstring comes from: the top-level stdlib module, or the dependency's name."""
     if label != "stdlib":
@@ -192,7 +232,7 @@ def builtin_docstrings(cache_dir: Path) -> list[dict]:
     Harvested once per set of installed packages and cached as JSONL."""
     cache = cache_dir / f"builtin-docstrings-{fingerprint(BUILTIN)[:16]}.jsonl"
     if cache.exists():
-        return [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
+        return [json.loads(line) for line in _lines(cache.read_text(encoding="utf-8")) if line]
     jobs = []
     for label, root in _builtin_roots():
         for folder, dirs, files in os.walk(root):

@@ -15,17 +15,24 @@ from data_prep.words import continuation_table, refiner
 _state: dict = {}
 
 
-def init_worker(tokenizer_file: str, segmenter: str, options: dict, single_threaded: bool) -> None:
-    if single_threaded:  # one process per core: no nested Rust thread pools
+def init_worker(tokenizer_file: str, segmenter: str, options: dict, in_pool: bool) -> None:
+    if in_pool:  # one process per core: no nested Rust thread pools
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    tok = Tokenizer.from_file(tokenizer_file)
-    tok.encode_special_tokens = True  # '[PAD]' written in a document is text, not the pad token
-    _state.update(tok=tok, continuation=continuation_table(tok.get_vocab(with_added_tokens=True)),
-                  refine=refiner(segmenter, options))
+    try:
+        tok = Tokenizer.from_file(tokenizer_file)
+        tok.encode_special_tokens = True  # '[PAD]' written in a document is text, not the pad token
+        _state.update(tok=tok, continuation=continuation_table(tok.get_vocab(with_added_tokens=True)),
+                      refine=refiner(segmenter, options))
+    except Exception as e:
+        if not in_pool:
+            raise
+        _state["error"] = e  # raised by the first job: a Pool restarts a failing initializer for ever
 
 
 def tokenize(job: tuple[str, list[str]]) -> tuple[str, Tokenized, int]:
     """(split, documents) -> (split, their tokens, bytes of text consumed)."""
+    if "error" in _state:
+        raise _state["error"]
     split, texts = job
     tok, refine = _state["tok"], _state["refine"]
     encodings = (tok.encode_batch if refine else tok.encode_batch_fast)(texts, add_special_tokens=False)

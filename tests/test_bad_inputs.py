@@ -23,10 +23,11 @@ CONFIG = REPO / "configs" / "tiny-cpu.yaml"
 
 
 def tree(*folders: Path) -> dict[str, str]:
-    """sha256 of every file under the folders (lock files aside: taking a lock is not output)."""
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+    """sha256 of every file under the folders, and every folder, empty ones included (lock files aside:
+    taking a lock is not output)."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
             for folder in folders if folder.exists()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix != ".lock"}
+            for p in sorted(folder.rglob("*")) if p.suffix != ".lock"}
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,9 @@ def world(tmp_path_factory, tiny_overrides, cache_dir):
     (files / "latin1.txt").write_bytes("Un caf\xe9 cr\xe8me, s'il vous pla\xeet.\n\nencore".encode("latin-1"))
     (files / "broken.jsonl").write_text('{"text": "fine"}\n{"text": "oops"\n')
     (files / "no_field.jsonl").write_text('{"body": "a document without the text field"}\n')
+    (files / "numbers.jsonl").write_text('{"text": "a document"}\n{"text": 42}\n')
+    (files / "surrogate.jsonl").write_text('{"text": "half an emoji \\ud83d here"}\n')
+    (files / "broken.parquet").write_bytes(b"PAR1 not really parquet")
     (files / "bad.yaml").write_text("run_dir: r\ntrain: [unclosed\n")
     (files / "list.yaml").write_text("- run_dir\n- r\n")
     (files / "notes.txt").write_text("stray run files\n")
@@ -92,6 +96,16 @@ def _cases(w) -> list[tuple[str, list[str], list[str]]]:
         ("corpus-bad-json", [*new, f"data.path={f / 'broken.jsonl'}"], ["broken.jsonl:2: invalid JSON"]),
         ("corpus-no-text-field", [*new, f"data.path={f / 'no_field.jsonl'}"],
          ["no_field.jsonl:1: no field 'text'", "data.text_field"]),
+        ("corpus-text-not-a-string", [*new, f"data.path={f / 'numbers.jsonl'}"],
+         ["numbers.jsonl:2: field 'text' holds int, not text"]),
+        ("corpus-lone-surrogate", [*new, f"data.path={f / 'surrogate.jsonl'}"],
+         ["surrogate.jsonl:1: field 'text': not valid Unicode", "data.encoding_errors=replace"]),
+        ("corpus-bad-parquet", [*new, f"data.path={f / 'broken.parquet'}"],
+         ["broken.parquet: not a readable Parquet file"]),
+        ("segmenter-unknown", [*new, "data.segmenter=jiebaa"], ["data.segmenter", "unknown segmenter 'jiebaa'"]),
+        ("segmenter-option-in-workers", [*new, "data.segmenter=jieba", "data.num_proc=2",
+                                         f"data.segmenter_options.user_dict={f / 'no_dict.txt'}"],
+         ["data.segmenter_options.user_dict", "does not exist"]),
         ("exclude-matches-nothing", [*new, f"data.path={f}", "data.exclude=[nope.jsonl]"],
          ["data.exclude: 'nope.jsonl' matches no file", "fix the pattern"]),
         ("exclude-everything", [*new, f"data.path={f}", "data.exclude=['*']"],

@@ -54,8 +54,10 @@ def test_prepare_is_cached_split_is_by_document_and_checksummed(corpus_file, tmp
     again = prepare(cfg)
     assert "cache hit, nothing to do" in capsys.readouterr().out
     assert again.root == first.root
-    parallel = prepare(cfg.model_copy(update={"num_proc": 2}))  # speed settings do not change the data
-    assert parallel.root == first.root
+    assert prepare(cfg.model_copy(update={"num_proc": 2})).root == first.root  # speed settings key nothing
+    # and change nothing: a pool of workers, prepared afresh, writes the very same shards
+    parallel = prepare(cfg.model_copy(update={"num_proc": 2, "cache_dir": str(tmp_path / "parallel")}))
+    assert parallel.manifest["splits"] == first.manifest["splits"]
     first.verify()
     shard = first.root / first.shards("train")[0]["files"]["input_ids"]["file"]
     data = bytearray(shard.read_bytes())
@@ -63,6 +65,21 @@ def test_prepare_is_cached_split_is_by_document_and_checksummed(corpus_file, tmp
     shard.write_bytes(bytes(data))
     with pytest.raises(UserError, match="checksum does not match"):
         first.verify()
+
+
+def test_a_tokenization_worker_that_cannot_start_fails_its_first_job(corpus_file, tmp_path, monkeypatch):
+    """A Pool restarts a failing initializer for ever (a hang); a worker keeps the error for its first job."""
+    from data_prep import tokenize as worker
+
+    prepared = prepare(DataConfig(path=str(corpus_file), cache_dir=str(tmp_path), seq_len=64, num_proc=1,
+                                  tokenizer={"vocab_size": 150, "min_frequency": 1}))
+    monkeypatch.setattr(worker, "_state", {})
+    missing = str(tmp_path / "no_dict.txt")
+    worker.init_worker(str(prepared.root / "tokenizer" / "tokenizer.json"), "jieba", {"user_dict": missing}, True)
+    with pytest.raises(UserError, match="user_dict .* does not exist"):
+        worker.tokenize(("train", ["一个句子"]))
+    with pytest.raises(UserError, match="user_dict .* does not exist"):  # in the parent: at once
+        worker.init_worker(str(prepared.root / "tokenizer" / "tokenizer.json"), "jieba", {"user_dict": missing}, False)
 
 
 def test_word_starts_follow_wordpiece(corpus_file, tmp_path):
