@@ -82,6 +82,29 @@ def test_a_tokenization_worker_that_cannot_start_fails_its_first_job(corpus_file
         worker.init_worker(str(prepared.root / "tokenizer" / "tokenizer.json"), "jieba", {"user_dict": missing}, False)
 
 
+def test_a_tokenizer_named_by_path_keys_the_cache_by_its_content(corpus_file, tmp_path):
+    import shutil
+
+    small, smaller = (prepare(DataConfig(path=str(corpus_file), cache_dir=str(tmp_path), seq_len=64, num_proc=1,
+                                         tokenizer={"vocab_size": size, "min_frequency": 1})) for size in (150, 120))
+    folder = tmp_path / "my-tokenizer"
+    shutil.copytree(small.root / "tokenizer", folder)
+    cfg = DataConfig(path=str(corpus_file), cache_dir=str(tmp_path), tokenizer={"path": str(folder)})
+    before = cfg.fingerprint("concat")
+    shutil.rmtree(folder)
+    shutil.copytree(smaller.root / "tokenizer", folder)  # retrained in place: same path, another tokenizer
+    assert cfg.fingerprint("concat") != before
+
+
+def test_jsonl_lines_end_at_newlines_only(tmp_path):
+    """JSON written with ensure_ascii=False keeps U+2028 and U+0085 raw inside strings: they are text."""
+    corpus = tmp_path / "zh.jsonl"
+    corpus.write_text(json.dumps({"text": "第一段\u2028第二段\x85完"}, ensure_ascii=False) + "\r\n"
+                      + json.dumps({"text": "second"}) + "\n", encoding="utf-8")
+    docs = list(sources.read_documents(str(corpus), "text", "blank_line", "strict", "train", tmp_path))
+    assert docs == ["第一段\u2028第二段\x85完", "second"]
+
+
 def test_word_starts_follow_wordpiece(corpus_file, tmp_path):
     cfg = DataConfig(path=str(corpus_file), cache_dir=str(tmp_path), seq_len=64, num_proc=1,
                      tokenizer={"vocab_size": 150, "min_frequency": 1})
