@@ -59,10 +59,10 @@ def rows(reports: list[tuple[str, dict]]) -> list[dict]:
     reference = reports[0][1]["study"]
     out = []
     for name, results in reports:
-        floor = results["models"].get(FLOOR)
         for label, entry in results["models"].items():
-            if label == FLOOR:
+            if entry["init"] == "random":
                 continue
+            floor = results["models"].get(entry.get("floor", FLOOR))
             run = entry["pretrain"]
             row = {"study": name, "label": label, "lever": lever(results["study"], reference),
                    "tokens": run["tokens"], "minutes": run["training_seconds"] / 60, "loss": run["final_loss"],

@@ -163,6 +163,7 @@ def test_changed_pretraining_settings_are_refused_before_any_work(study, capsys)
 @pytest.mark.parametrize("change,message", [
     ({"objectives": [{"name": "mlm"}, {"name": "mlm", "masking": {"rate": 0.3}}]}, r"objectives\[1\]: label 'mlm' is used twice"),
     ({"objectives": [{"name": "mlm", "label": "random-init"}]}, r"objectives\[0\]: label 'random-init'"),
+    ({"objectives": [{"name": "mlm", "label": "random-init-mlm"}]}, r"objectives\[0\]: label 'random-init-mlm'"),
     ({"objectives": [{"name": "mlm", "masking": {"rat": 0.3}}]}, r"unknown key 'objectives\[0\]\.masking\.rat' \(did you mean 'rate'\?\)"),
     ({"objectives": [{"name": "mlmm"}]}, r"study.yaml: objectives\[0\]\.name: unknown objective 'mlmm' \(did you mean 'mlm'\?\)"),
     ({"objectives": [{"name": "mpa", "base_config": {"masking": {"rate": 0.4}}}]},
@@ -206,6 +207,36 @@ def test_pretrain_recipe_is_overridden_key_by_key(tmp_path, corpus_file, cache_d
     with pytest.raises(UserError, match=r"study.yaml: pretrain_recipe 'nowhere.yaml' is not a file; give a "
                                         r"pre-training config such as configs/recipes/cpu-10min.yaml"):
         config.load(path, ["pretrain_recipe=nowhere.yaml"])
+
+
+def test_each_architecture_is_scored_against_its_own_floor(tmp_path):
+    """An ELECTRA discriminator is another model than a BERT: each objective is compared with a random-init model
+    of the architecture it exported (the pre-training head aside), not with the first objective's."""
+    from pretrain_bench.compare.report import _floor_lines
+    from pretrain_bench.compare.runner import floors
+
+    bert = {"model_type": "bert", "hidden_size": 64, "architectures": ["BertForMaskedLM"]}
+    exports = {}
+    for label, exported in (("mlm", bert), ("mac", {**bert, "architectures": ["BertForPreTraining"]}),
+                            ("electra", {"model_type": "electra", "hidden_size": 64,
+                                         "architectures": ["ElectraForPreTraining"]})):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "config.json").write_text(json.dumps(exported))
+        exports[label] = tmp_path / label
+    assert floors(exports) == {"random-init": (exports["mlm"], ["mlm", "mac"]),
+                               "random-init-electra": (exports["electra"], ["electra"])}
+
+    def scored(median):
+        return {"sst2": {"score": {"median": median, "min": median, "max": median}}}
+
+    models = {"mlm": {"init": "pretrained", "floor": "random-init", "tasks": scored(0.8)},
+              "electra": {"init": "pretrained", "floor": "random-init-electra", "tasks": scored(0.6)},
+              "random-init": {"init": "random", "floor": None, "tasks": scored(0.7)},
+              "random-init-electra": {"init": "random", "floor": None, "tasks": scored(0.5)}}
+    every_seed = "beats the floor on every seed (the seed ranges do not overlap)"
+    assert _floor_lines({"models": models}) == [
+        f"- `mlm` on sst2: +10.0 points against random-init (median); {every_seed}.",
+        f"- `electra` on sst2: +10.0 points against random-init-electra (median); {every_seed}."]
 
 
 @pytest.mark.parametrize("name", ["quickstart", "compare-en", "compare-zh", "study/main-job-cpu-10min"])

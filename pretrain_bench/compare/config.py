@@ -80,9 +80,9 @@ def validate(raw: dict, source: str, applied: dict[str, str] | None = None):
         entry = dict(entry)
         label = str(entry.pop("label", entry.get("name", "mlm")))
         where = f"{source}: objectives[{i}]"
-        if not LABEL.match(label) or label == FLOOR:
+        if not LABEL.match(label) or label.startswith(FLOOR):
             raise UserError(f"{where}: label '{label}' cannot name a folder (or is reserved); use letters, digits, "
-                            f"'-', '_', '.', '+' and not '{FLOOR}'")
+                            f"'-', '_', '.', '+', not starting '{FLOOR}'")
         if label in runs:
             raise UserError(f"{where}: label '{label}' is used twice; give each objective a distinct label")
         run_dir = str(Path(study.run_dir) / "runs" / label)

@@ -42,18 +42,22 @@ def _budget(study: dict) -> str:
     return f"{study['train']['max_steps']:,} optimizer steps"
 
 
+def floor_labels(models: dict) -> list[str]:
+    return [label for label, entry in models.items() if entry["init"] == "random"]
+
+
 def _floor_lines(results: dict) -> list[str]:
-    """For each objective and task: does it beat the random-init floor, and by how much."""
+    """For each objective and task: does it beat the random-init floor of its architecture, and by how much."""
     models = results["models"]
-    if FLOOR not in models:
+    if not floor_labels(models):
         return ["No random-init floor was run (random_init_floor: false)."]
-    floor = models[FLOOR]["tasks"]
     lines = []
     for label, entry in models.items():
-        if label == FLOOR:
+        if entry["init"] == "random":
             continue
+        floor = entry.get("floor", FLOOR)  # results written before floors per architecture have one floor
         for task, scores in entry["tasks"].items():
-            ours, base = scores["score"], floor[task]["score"]
+            ours, base = scores["score"], models[floor]["tasks"][task]["score"]
             gap = 100 * (ours["median"] - base["median"])
             if ours["min"] > base["max"]:
                 verdict = "beats the floor on every seed (the seed ranges do not overlap)"
@@ -61,7 +65,7 @@ def _floor_lines(results: dict) -> list[str]:
                 verdict = "beats the floor by the median, but the seed ranges overlap"
             else:
                 verdict = "does **not** beat the floor"
-            lines.append(f"- `{label}` on {task}: {gap:+.1f} points against {FLOOR} (median); {verdict}.")
+            lines.append(f"- `{label}` on {task}: {gap:+.1f} points against {floor} (median); {verdict}.")
     return lines
 
 
@@ -77,6 +81,15 @@ def _speed_note(models: dict) -> list[str]:
             "work during one of them; repeat the study on a quiet machine, or set budget.tokens to compare at equal data."]
 
 
+def _floor_sentence(floors: list[str]) -> str:
+    if not floors:
+        return "."
+    if len(floors) == 1:
+        return f"; `{floors[0]}` is the same architecture fine-tuned from fresh weights."
+    return (f"; {', '.join(f'`{f}`' for f in floors)} are the objectives' architectures (one per architecture "
+            "exported) fine-tuned from fresh weights, each the floor of the objectives that share it.")
+
+
 def markdown(results: dict) -> str:
     study, tasks, models = results["study"], results["tasks"], results["models"]
     recipe = study["finetune"]
@@ -84,12 +97,13 @@ def markdown(results: dict) -> str:
     seeds = len(recipe["seeds"])
     task_names = list(tasks)
     out = [f"# Objective comparison: {Path(study['run_dir']).name}", ""]
-    out += [f"{len(models) - (FLOOR in models)} objective(s) pre-trained on `{study['data']['path']}` with the same "
+    floors = floor_labels(models)
+    out += [f"{len(models) - len(floors)} objective(s) pre-trained on `{study['data']['path']}` with the same "
             f"tokenizer, model ({model['size']} {model['arch']}), seed ({study['seed']}) and budget "
             f"({_budget(study)}), then fine-tuned on {len(task_names)} task(s) with one recipe "
             f"(epochs {recipe['epochs']}, batch {recipe['batch_size']}, lr {recipe['lr']:g}, "
             f"{recipe['schedule']['shape']} schedule, max {recipe['max_seq_len']} tokens) over {seeds} seed(s)"
-            + (f"; `{FLOOR}` is the same architecture fine-tuned from fresh weights." if FLOOR in models else "."), ""]
+            + _floor_sentence(floors), ""]
 
     out += ["## Downstream scores", "",
             f"Dev-set task score x100: median over {seeds} fine-tuning seed(s), [min, max] in brackets. "

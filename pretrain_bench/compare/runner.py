@@ -137,14 +137,30 @@ class Finetuner:
         return finetune_once(folder, tokenizer, task, train, evals, self.study.finetune, seed, init)
 
 
+def floors(exports: dict[str, Path]) -> dict[str, tuple[Path, list[str]]]:
+    """One random-init floor per architecture the objectives exported (an ELECTRA discriminator is another model
+    than a BERT): floor label -> (an export to take the architecture from, the objectives it is the floor of).
+    The first architecture's floor is FLOOR; another's is FLOOR-<the first objective with it>."""
+    groups: dict[str, list[str]] = {}
+    for label, folder in exports.items():
+        config = json.loads((folder / "config.json").read_text())
+        config.pop("architectures", None)  # the pre-training head: every floor gets the task's head instead
+        groups.setdefault(_digest(config), []).append(label)
+    return {FLOOR if i == 0 else f"{FLOOR}-{labels[0]}": (exports[labels[0]], labels)
+            for i, labels in enumerate(groups.values())}
+
+
 def run_study(study: StudyConfig, runs: dict, log: Callable[[str], None] = print) -> dict:
     """Pre-train, fine-tune, and return the results the report is written from."""
     cache_dir = Path(study.data.cache_dir).expanduser()
     tasks = [(cfg, load_task(cfg, cache_dir)) for cfg in study.tasks]  # bad task files fail before any training
     pretrain(study, runs, log)
     models = {label: (model_folder(cfg.run_dir), "pretrained", cfg.objective.name) for label, cfg in runs.items()}
-    if study.random_init_floor:  # the first objective's exported architecture, with fresh weights
-        models[FLOOR] = (next(iter(models.values()))[0], "random", None)
+    floor_of = {}
+    if study.random_init_floor:
+        for floor, (folder, labels) in floors({label: model[0] for label, model in models.items()}).items():
+            models[floor] = (folder, "random", None)
+            floor_of |= dict.fromkeys(labels, floor)
     finetuner = Finetuner(study, log)
     results = {"study": study.model_dump(mode="json"), "tasks": {}, "models": {}}
     for task_cfg, task in tasks:
@@ -158,7 +174,7 @@ def run_study(study: StudyConfig, runs: dict, log: Callable[[str], None] = print
             "majority_dev_accuracy": None if task.regression else max(map(dev_labels.count, set(dev_labels))) / len(dev_labels),
             "notes": list(task.notes)}
     for label, (folder, init, objective) in models.items():
-        entry = {"objective": objective, "init": init, "model": str(folder),
+        entry = {"objective": objective, "init": init, "model": str(folder), "floor": floor_of.get(label),
                  "pretrain": pretrain_record(runs[label]) if label in runs else None, "tasks": {}}
         for task_cfg, task in tasks:
             seeds = finetuner.results(label, folder, init, task, task_cfg)
