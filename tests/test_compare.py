@@ -152,6 +152,18 @@ def test_second_call_reuses_finished_runs_and_results(study, capsys):
     assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p != redo)
 
 
+def test_a_changed_recipe_or_task_file_is_fine_tuned_again(study, capsys):
+    path, folder, _ = study
+    log = run(path, capsys, "finetune.lr=1e-3")
+    assert log.count("was made with another recipe, task or checkpoint; fine-tuning again") == 3 * 2 * 2
+    results = json.loads((folder / "report" / "results.json").read_text())
+    dev = Path(results["tasks"]["sst2"]["path"]) / "dev.tsv"
+    dev.write_text(dev.read_text() + "the cat sits on a mat\t1\n")  # the same settings, other examples
+    log = run(path, capsys, "finetune.lr=1e-3")
+    assert {(label, task) for label, task, _ in re.findall(r"'(\S+)' on (\S+), seed (\d+): ", log)} == {
+        (label, "sst2") for label in LABELS}
+
+
 def test_changed_pretraining_settings_are_refused_before_any_work(study, capsys):
     path, folder, _ = study
     assert main(["compare", str(path), "train.lr=1e-3"]) == 2

@@ -39,9 +39,17 @@ def test_correlations_by_hand():
     assert pearson([1, 2, 3, 4], [1, 8, 27, 64]) < 1.0
 
 
-def test_a_collapsed_regressor_scores_zero_not_nan():
+def test_spearman_gives_ties_their_average_rank():
+    # ranks [1.5, 1.5, 3, 4] against [1, 2, 3, 4]: Pearson of the ranks = 4.5 / sqrt(4.5 * 5) = 0.9487;
+    # the textbook 1 - 6 sum(d^2) / (n (n^2 - 1)) would give 1 - 6 * 0.5 / 60 = 0.95
+    assert spearman([7, 7, 8, 9], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(22.5))
+
+
+def test_a_collapsed_or_diverged_regressor_scores_zero_not_nan():
     assert pearson([2.5, 2.5, 2.5], [0.0, 2.0, 5.0]) == 0.0
     assert spearman([2.5, 2.5, 2.5], [0.0, 2.0, 5.0]) == 0.0
+    assert pearson([1.0, float("nan"), 3.0], [0.0, 2.0, 5.0]) == 0.0
+    assert spearman([1.0, float("inf"), 3.0], [0.0, 2.0, 5.0]) == 0.0
 
 
 def test_task_score_is_the_mean_of_its_metrics_and_seed_summary():
@@ -50,3 +58,4 @@ def test_task_score_is_the_mean_of_its_metrics_and_seed_summary():
     assert stats["median"] == pytest.approx(0.3) and stats["min"] == 0.1 and stats["max"] == 0.5
     assert stats["std"] == pytest.approx(0.2) and stats["n"] == 3 and stats["values"] == [0.1, 0.5, 0.3]
     assert summarize([0.7])["std"] == 0.0
+    assert summarize([0.1, 0.5, 0.3, 0.2])["median"] == pytest.approx(0.25)  # an even count: the middle pair's mean

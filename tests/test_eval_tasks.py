@@ -104,6 +104,8 @@ def test_caps_pick_a_fixed_subset_and_dev_file_override(tmp_path):
 @pytest.mark.parametrize("folder,files,settings,message", [
     ("SST-2", {"train.tsv": "sentence\tlabel\ngood\n", "dev.tsv": "sentence\tlabel\nx\t1\n"}, {},
      r"train.tsv:2: 1 tab-separated fields"),
+    ("CoLA", {n: "gj04\t1\t\tThe sailors\trode the breeze.\n" for n in ("train.tsv", "dev.tsv")}, {},
+     r"\.tsv:1: 5 tab-separated fields where the header has 4"),  # a stray tab would cut the sentence
     ("SST-2", {"train.tsv": "sentence\tlabel\ngood\t2\n", "dev.tsv": "sentence\tlabel\nx\t1\n"}, {},
      r"train.tsv:2: label '2' is not one of 0, 1"),
     ("SST-2", {"train.tsv": "text\tlabel\ngood\t1\n", "dev.tsv": "sentence\tlabel\nx\t1\n"}, {},

@@ -32,8 +32,8 @@ def matthews(predictions: Sequence, labels: Sequence) -> float:
 
 def _correlation(fn, predictions: Sequence, labels: Sequence) -> float:
     predictions, labels = np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float)
-    if np.ptp(predictions) == 0 or np.ptp(labels) == 0:
-        return 0.0  # undefined for a constant side (a collapsed regressor): count it as no correlation
+    if not np.isfinite(predictions).all() or np.ptp(predictions) == 0 or np.ptp(labels) == 0:
+        return 0.0  # undefined for a diverged or collapsed regressor, or constant labels: no correlation
     return float(fn(predictions, labels)[0])
 
 

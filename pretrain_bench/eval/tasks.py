@@ -236,7 +236,7 @@ def _tsv_records(path: Path, layout: Layout):
         if not line.strip():
             continue
         fields = line.split("\t")
-        if len(fields) < len(header):
+        if len(fields) != len(header):  # a stray tab would cut the last column's sentence short, silently
             if layout.skip_malformed:
                 yield number, None
                 continue
