@@ -3,6 +3,7 @@ crammed exports, an ELECTRA export with its discriminator listed first, a plain 
 the random-init floor has fresh weights; a seed reproduces its result; the command's output."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -85,7 +86,24 @@ def test_random_init_floor_has_fresh_weights(checkpoint, generated):
     assert torch.equal(pretrained.bert.embeddings.word_embeddings.weight, saved)
     assert not torch.equal(random_a.bert.embeddings.word_embeddings.weight, saved)
     assert torch.equal(random_a.bert.embeddings.word_embeddings.weight, random_b.bert.embeddings.word_embeddings.weight)
-    assert type(random_a) is type(pretrained)
+    assert type(random_a) is type(pretrained) and random_a.config.to_dict() == pretrained.config.to_dict()
+    shapes = [{name: p.shape for name, p in model.state_dict().items()} for model in (pretrained, random_a)]
+    assert shapes[0] == shapes[1]  # the same architecture, tensor for tensor
+
+
+def test_a_checkpoint_missing_encoder_weights_is_refused(tmp_path, checkpoint, generated):
+    """transformers starts missing weights from random values with a warning only: the 'pre-trained' arm
+    would be partly random. The task head is the one part a checkpoint may lack."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "final"
+    shutil.copytree(model_folder(checkpoint), folder)
+    weights = load_file(folder / "model.safetensors")
+    dropped = next(name for name in weights if "encoder.layer.1.attention.self.query.weight" in name)
+    save_file({name: w for name, w in weights.items() if name != dropped}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"1 encoder weight\(s\) are missing from the checkpoint \(.*layer.1.attention"):
+        build_model(folder, generated["binary"], "pretrained", seed=0)
 
 
 @pytest.mark.parametrize("arch", ["bert", "crammed"])
