@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import functools
 import hashlib
 import json
-import functools
 import os
 import sys
 import sysconfig
