@@ -36,11 +36,13 @@ from data_prep import sources
 from data_prep import tokenizer as tokenizers_
 from data_prep.pack import PACKERS, ShardWriter, SpecialIds, sha256_file
 from data_prep.tokenize import init_worker, tokenize
-from data_prep.words import SEGMENTERS, refiner
+from data_prep.words import SEGMENTERS
 from pretrain_bench.errors import UserError
 from pretrain_bench.section import Section
 
-FORMAT_VERSION = 3  # 2: tokenizer ids in code-point order; 3: the same pieces in every process (data_prep/tokenizer.py)
+# 2: tokenizer ids in code-point order; 3: the same pieces in every process (data_prep/tokenizer.py);
+# 4: a JSON Lines text of null is no document (it was the text "None")
+FORMAT_VERSION = 4
 DOCS_PER_JOB = 256
 
 
@@ -251,7 +253,6 @@ def _trained_tokenizer(cfg: DataConfig, cache: Path, log) -> Path:
 def _build(cfg: DataConfig, packing: str, digest: str, root: Path, log) -> None:
     cache = Path(cfg.cache_dir).expanduser()
     log(f"data_prep: preparing {cfg.path} -> {root}")
-    refiner(cfg.segmenter, cfg.segmenter_options)  # a bad option fails here, before a tokenizer is trained
     with _scratch(root) as tmp:
         tok = tokenizers_.load(cfg.tokenizer.path or _trained_tokenizer(cfg, cache, log))
         tok.model_max_length = cfg.seq_len
@@ -275,15 +276,15 @@ def _build(cfg: DataConfig, packing: str, digest: str, root: Path, log) -> None:
 
         num_proc = cfg.num_proc or (1 if cfg.segmenter == "wordpiece" else os.cpu_count() or 1)
         worker_args = (str(tmp / "tokenizer" / "tokenizer.json"), cfg.segmenter, cfg.segmenter_options, num_proc > 1)
-        bar = tqdm(total=_total_bytes(cfg), unit="B", unit_scale=True, desc="tokenize+pack", file=sys.stderr)
-        with _pool(num_proc, worker_args) as imap:
+        # closed on an error too, so that the error starts a line of its own
+        with (tqdm(total=_total_bytes(cfg), unit="B", unit_scale=True, desc="tokenize+pack", file=sys.stderr) as bar,
+              _pool(num_proc, worker_args) as imap):
             for split, tokenized, nbytes in imap(tokenize, jobs()):
                 counts[split]["documents"] += len(tokenized.lengths)
                 counts[split]["tokens"] += int(tokenized.lengths.sum())
                 for chunk in packers[split].add(tokenized):
                     writers[split].add(chunk)
                 bar.update(nbytes)
-        bar.close()
 
         splits = {}
         for split, writer in writers.items():

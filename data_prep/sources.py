@@ -142,14 +142,14 @@ def _file_documents(path: Path, text_field: str, txt_documents: str, errors: str
     elif txt_documents == "file":
         yield text
     elif txt_documents == "line":
-        yield from _lines(text)
+        yield from text.splitlines()
     else:  # blank_line: paragraphs separated by empty lines
         yield from (block for block in text.replace("\r\n", "\n").split("\n\n"))
 
 
 def _lines(text: str) -> list[str]:
-    """Lines ended by \\n (or \\r\\n) only: str.splitlines() also cuts at U+2028, U+0085 and form feeds, which JSON
-    written with ensure_ascii=False keeps raw inside strings."""
+    """JSON Lines ended by \\n (or \\r\\n) only: str.splitlines() also cuts at U+2028, U+0085 and form feeds,
+    which JSON written with ensure_ascii=False keeps raw inside strings."""
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 

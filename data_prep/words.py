@@ -11,7 +11,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pretrain_bench.errors import UserError
 
 # A refiner takes the documents, their tokenizers.Encodings and the '##'-based flags (one bool array
 # per document) and returns refined flags. Factories are named 'module:function' and imported only
@@ -22,9 +21,7 @@ SEGMENTERS: dict[str, str | None] = {"wordpiece": None, "jieba": "data_prep.segm
 
 
 def refiner(name: str, options: dict) -> Refiner | None:
-    """The refiner for data.segmenter (None: '##' rule only)."""
-    if name not in SEGMENTERS:
-        raise UserError(f"data.segmenter: unknown segmenter '{name}'; choose one of {', '.join(SEGMENTERS)}")
+    """The refiner for data.segmenter, a name DataConfig has checked (None: '##' rule only)."""
     target = SEGMENTERS[name]
     if target is None:
         return None

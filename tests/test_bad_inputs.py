@@ -79,6 +79,7 @@ def _cases(w) -> list[tuple[str, list[str], list[str]]]:
         ("override-syntax", [*new, "train.lr"], ["override 'train.lr'", "key.sub=value"]),
         ("override-not-section", [*new, "seed.x=1"], ["'seed' is not a section"]),
         ("no-stop", [*new, "train.max_steps=null"], ["neither train.max_steps nor a budget is set"]),
+        ("negative-seed", [*new, "seed=-1"], ["'seed'", "greater than or equal to 0"]),
         ("unknown-objective", [*new, "objective.name=mlmm"], ["unknown objective 'mlmm'", "did you mean 'mlm'"]),
         ("plugin-not-importable", [*new, "objective.name=tests.plugins.missing:Nope"],
          ["objective.name 'tests.plugins.missing:Nope': cannot import it"]),

@@ -74,6 +74,7 @@ def test_a_tokenization_worker_that_cannot_start_fails_its_first_job(corpus_file
     prepared = prepare(DataConfig(path=str(corpus_file), cache_dir=str(tmp_path), seq_len=64, num_proc=1,
                                   tokenizer={"vocab_size": 150, "min_frequency": 1}))
     monkeypatch.setattr(worker, "_state", {})
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # a pool's worker turns it off: restored afterwards
     missing = str(tmp_path / "no_dict.txt")
     worker.init_worker(str(prepared.root / "tokenizer" / "tokenizer.json"), "jieba", {"user_dict": missing}, True)
     with pytest.raises(UserError, match="user_dict .* does not exist"):

@@ -117,10 +117,6 @@ def load_tokenizer(folder: Path):
                         "save the tokenizer beside the model (our exports do)") from None
 
 
-# What a sequence-classification model adds to an encoder checkpoint, and so may be missing from it:
-# BERT's pooler and classifier, ELECTRA's classifier (dense, out_proj), ModernBERT's head and classifier.
-TASK_HEAD = re.compile(r"(^|\.)(classifier|pooler|head)\.")
-
 # The dropout rates of the transformers families we export (BERT and ELECTRA; ModernBERT).
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
                 "embedding_dropout", "attention_dropout", "mlp_dropout")
@@ -157,7 +153,9 @@ def build_model(folder: Path, task: Task, init: Init, seed: int, dropout: float 
             return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
         model, loading = AutoModelForSequenceClassification.from_pretrained(
             str(folder), config=config, dtype=torch.float32, local_files_only=True, output_loading_info=True)
-        fresh = [name for name in loading["missing_keys"] if not TASK_HEAD.search(name)]
+        # inside the encoder (its pooler aside, which an MLM checkpoint lacks); the task head sits outside it
+        fresh = [name for name in loading["missing_keys"]
+                 if name.startswith(f"{model.base_model_prefix}.") and ".pooler." not in name]
         if fresh:  # transformers would start them from random values and only warn (silenced above)
             raise UserError(f"{folder}: {len(fresh)} encoder weight(s) are missing from the checkpoint "
                             f"({', '.join(sorted(fresh)[:3])}), so the 'pre-trained' model would be partly random; "

@@ -29,7 +29,7 @@ class Layout:
     evals: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(GLUE_DEV))
     columns: tuple[str, ...] | None = None  # field names of header-less TSV files
     unlabeled: tuple[str, ...] = ("",)  # label values of rows without a gold label: skipped and counted
-    skip_malformed: bool = False  # rows with missing fields are skipped (QQP has some), not an error
+    skip_malformed: bool = False  # rows with another number of fields are skipped (QQP has some), not an error
     rewrite: Callable[[dict], dict] | None = None  # builds `text` fields that are not in the files (ValueError: bad row)
 
 

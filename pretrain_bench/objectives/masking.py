@@ -33,7 +33,7 @@ class MaskingConfig(Section):
 
 def candidates(input_ids: torch.Tensor, vocab: Vocab) -> torch.Tensor:
     """bool[B, L]: positions that may be selected (not special, not padding)."""
-    return ~torch.isin(input_ids, torch.tensor(vocab.special_ids, dtype=input_ids.dtype)) & (input_ids != vocab.pad_id)
+    return ~torch.isin(input_ids, torch.tensor((*vocab.special_ids, vocab.pad_id), dtype=input_ids.dtype))
 
 
 def exact_k_counts(input_ids: torch.Tensor, vocab: Vocab, rate: float, max_predictions: int) -> torch.Tensor:
