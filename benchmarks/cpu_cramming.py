@@ -22,8 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pretrain_bench.compare.config import FLOOR, validate  # noqa: E402
-from pretrain_bench.compare.report import spread  # noqa: E402
+from pretrain_bench.compare.config import validate  # noqa: E402
+from pretrain_bench.compare.report import floor_of, is_floor, spread  # noqa: E402
 from pretrain_bench.compare.runner import OPERATIONAL_KEYS  # noqa: E402
 from pretrain_bench.errors import UserError  # noqa: E402
 from pretrain_bench.train.rundir import RESUMABLE_KEYS  # noqa: E402
@@ -60,9 +60,9 @@ def rows(reports: list[tuple[str, dict]]) -> list[dict]:
     out = []
     for name, results in reports:
         for label, entry in results["models"].items():
-            if entry["init"] == "random":
+            if is_floor(entry):
                 continue
-            floor = results["models"].get(entry.get("floor", FLOOR))
+            floor = results["models"].get(floor_of(entry))
             run = entry["pretrain"]
             row = {"study": name, "label": label, "lever": lever(results["study"], reference),
                    "tokens": run["tokens"], "minutes": run["training_seconds"] / 60, "loss": run["final_loss"],

@@ -225,7 +225,7 @@ def test_an_intact_checkpoint_that_does_not_load_stops_the_run_and_stays_in_plac
     shutil.copytree(reference / "checkpoints", folder)
     manager = CheckpointManager(folder, LoadingEngine(refuse=True), 2, True, lambda: None, lambda m: None)
     with pytest.raises(UserError, match=r"step00000060: the checkpoint is intact but does not load into this run "
-                                        r"\(RuntimeError: .*DP world size.*\); resume with the settings it was saved with"):
+                                        r"\(RuntimeError: .*DP world size.*\); resume with the settings and the torch and deepspeed versions"):
         manager.load_latest()
     assert manager.complete_tags() == ["step00000040", "step00000060"]
     assert not list(folder.glob(".unusable-*"))

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pretrain_bench.compare.report import is_floor  # noqa: E402
 
 
 def pretrain_loss(results: dict, path: Path) -> None:
@@ -45,7 +46,7 @@ def downstream(results: dict, path: Path) -> None:
         info = results["tasks"][task]
         for x, label in enumerate(models):
             summary = results["models"][label]["tasks"][task]["score"]
-            color = "0.5" if results["models"][label]["init"] == "random" else f"C{x}"
+            color = "0.5" if is_floor(results["models"][label]) else f"C{x}"
             panel.hlines(100 * summary["median"], x - 0.3, x + 0.3, color=color, linewidth=2.5)
             panel.scatter([x] * summary["n"], [100 * v for v in summary["values"]], color=color, s=18, zorder=3)
         if info["metrics"] == ["accuracy"] and info.get("majority_dev_accuracy") is not None:

@@ -42,8 +42,18 @@ def _budget(study: dict) -> str:
     return f"{study['train']['max_steps']:,} optimizer steps"
 
 
+def is_floor(entry: dict) -> bool:
+    return entry["init"] == "random"
+
+
+def floor_of(entry: dict) -> str:
+    """The label of the floor an objective is scored against (results written before floors per architecture
+    name none: theirs is FLOOR)."""
+    return entry.get("floor") or FLOOR
+
+
 def floor_labels(models: dict) -> list[str]:
-    return [label for label, entry in models.items() if entry["init"] == "random"]
+    return [label for label, entry in models.items() if is_floor(entry)]
 
 
 def _floor_lines(results: dict) -> list[str]:
@@ -53,9 +63,9 @@ def _floor_lines(results: dict) -> list[str]:
         return ["No random-init floor was run (random_init_floor: false)."]
     lines = []
     for label, entry in models.items():
-        if entry["init"] == "random":
+        if is_floor(entry):
             continue
-        floor = entry.get("floor", FLOOR)  # results written before floors per architecture have one floor
+        floor = floor_of(entry)
         for task, scores in entry["tasks"].items():
             ours, base = scores["score"], models[floor]["tasks"][task]["score"]
             gap = 100 * (ours["median"] - base["median"])

@@ -92,17 +92,17 @@ class Finetuner:
         self.recipe = study.finetune.model_dump(mode="json", exclude=OPERATIONAL_KEYS)
         self.tokenizers: dict[Path, object] = {}
         self.encoded: dict[tuple, tuple] = {}  # (task, tokenizer) -> encoded examples: shared by every model
-        self.contents: dict[str, str] = {}  # task name -> digest of its examples
+        self.example_digests: dict[str, str] = {}  # task name -> digest of its examples
 
     def results(self, label: str, folder: Path, init: str, task: Task, task_cfg) -> list[dict]:
         # what makes the result: the pre-training run's summary, or for the floor the architecture and tokenizer
         identity = (export_info(folder) if init == "pretrained"
                     else [(folder / "config.json").read_text(), self._tokenizer_hash(folder)])
-        if task.name not in self.contents:  # the examples themselves: the built-in task changes with the packages
-            self.contents[task.name] = _digest([task.labels, asdict(task.train),
-                                                {split: asdict(examples) for split, examples in task.evals.items()}])
+        if task.name not in self.example_digests:  # the examples themselves: the built-in task changes with the packages
+            self.example_digests[task.name] = _digest([task.labels, asdict(task.train),
+                                                       {split: asdict(examples) for split, examples in task.evals.items()}])
         key = _digest({"recipe": self.recipe, "task": task_cfg.model_dump(mode="json"), "init": init,
-                       "model": identity, "examples": self.contents[task.name]})
+                       "model": identity, "examples": self.example_digests[task.name]})
         out, reused = [], []
         for seed in self.study.finetune.seeds:
             path = self.root / label / task.name / f"seed{seed}.json"

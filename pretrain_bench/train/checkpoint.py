@@ -74,7 +74,7 @@ class CheckpointManager:
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)
                 _fsync_dir(self.folder)
-                atomic_write_text(self.folder / "latest", tag)
+                atomic_write_text(self.folder / "latest", tag)  # for DeepSpeed's own tools (zero_to_fp32.py)
                 self._rotate(protected | {tag})
         except (OSError, RuntimeError) as e:
             if self.is_main:
@@ -110,7 +110,8 @@ class CheckpointManager:
         return None
 
     def load_latest(self) -> tuple[str, dict] | None:
-        """Load the newest loadable checkpoint into the engine: (tag, client state), or None if none exist."""
+        """Load the newest intact checkpoint into the engine: (tag, client state), or None if none is intact
+        (damaged ones are moved aside); a UserError if the newest intact one does not load into this run."""
         if self.is_main and self.folder.is_dir():  # saves a kill interrupted: never complete, never read
             for stale in self.folder.glob(f"{TMP_PREFIX}*"):
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
@@ -134,8 +135,8 @@ class CheckpointManager:
         return loaded
 
     def _load(self, tag: str) -> dict:
-        """Load a verified checkpoint; its client state. Its files are as saved, so a failure here comes from this
-        run's settings, and the checkpoint stays in place for a resume with the right ones."""
+        """Load a verified checkpoint; its client state. Its files are as saved, so a failure here comes from the
+        run's settings or the installed libraries, and the checkpoint stays in place for a resume that matches."""
         try:
             path, client_state = self.engine.load_checkpoint(str(self.folder), tag=tag)
             problem = None if path is not None else "DeepSpeed found nothing to load"
@@ -144,5 +145,5 @@ class CheckpointManager:
         if problem is None:
             return client_state
         raise UserError(f"{self.folder / tag}: the checkpoint is intact but does not load into this run ({problem}); "
-                        "resume with the settings it was saved with (number of ranks, train.precision, "
-                        "train.zero_stage), or start over with --overwrite")
+                        "resume with the settings and the torch and deepspeed versions it was saved with (number of "
+                        "ranks, train.precision, train.zero_stage), or start a new run in another run_dir")

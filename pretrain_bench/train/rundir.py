@@ -9,7 +9,7 @@ import yaml
 
 from pretrain_bench import config as config_
 from pretrain_bench.errors import UserError
-from pretrain_bench.train.budget import AMOUNTS
+from pretrain_bench.train.budget import BudgetConfig
 from pretrain_bench.train.checkpoint import atomic_write_text
 
 # Keys that may differ on --resume: they change how a run is watched or where it stops, not what it learns
@@ -57,7 +57,7 @@ def check(run_dir: Path, config: dict, resume: bool, overwrite: bool) -> None:
     if existing.exists():
         changed = differences(saved_config(existing), config)
         if resume:
-            budgeted = any(config.get("budget", {}).get(amount) is not None for amount in AMOUNTS)
+            budgeted = BudgetConfig(**config.get("budget", {})).mode != "steps"
             resumable = RESUMABLE_KEYS if budgeted else RESUMABLE_KEYS - {"train.max_steps"}
             blocking = {k: v for k, v in changed.items() if k not in resumable}
             if blocking:
