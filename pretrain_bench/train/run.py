@@ -30,7 +30,7 @@ from pretrain_bench.train.engine import (build_engine, cpu_has_native_bf16, deep
                                          parameter_groups, resolved_precision)
 from pretrain_bench.train.host_memory import keep_freed_memory
 from pretrain_bench.train.loop import LoopState, Trainer
-from pretrain_bench.train.throughput import matmul_peak_flops, training_flops
+from pretrain_bench.train.throughput import matmul_peak_flops, random_state_kept, training_flops
 from pretrain_bench.train.tracker import MetricWindow, Tracker
 
 EXPORT_INFO = "pretrain_bench.json"
@@ -189,8 +189,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     def evaluate() -> dict:
         window = MetricWindow()
         engine.module.eval()
-        # the GPU's generator too: ELECTRA samples on it, and a resume must find it as the first run left it
-        with torch.random.fork_rng(devices=[engine.device] if use_cuda else []), torch.no_grad():
+        with random_state_kept(engine.device), torch.no_grad():
             for m in range(eval_count):
                 inputs, _ = eval_set[m]
                 window.add(engine(**{k: v.to(engine.device) for k, v in inputs.items()}))

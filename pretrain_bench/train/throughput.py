@@ -44,13 +44,18 @@ def matmul_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, s
     return best
 
 
+def random_state_kept(device: torch.device):
+    """A context after which the CPU generator, and on a GPU the device's (ELECTRA samples there), are as they
+    were: measurement and evaluation must not shift the random streams a resumed run has to reproduce."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 def training_flops(module: torch.nn.Module, inputs: dict) -> float:
     """FLOPs of forward + backward for one micro-batch: the counted forward times 3 (backward ~ 2x).
     Runs in eval mode without gradients and leaves the RNG untouched."""
     was_training = module.training
-    device = next(module.parameters()).device
     module.eval()
-    with (torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(),
+    with (random_state_kept(next(module.parameters()).device), torch.no_grad(),
           FlopCounterMode(display=False) as counter):
         module(**inputs)
     module.train(was_training)
