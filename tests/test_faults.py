@@ -241,6 +241,33 @@ def test_a_complete_checkpoint_newer_than_the_latest_pointer_is_the_one_loaded(t
     assert manager.load_latest() == ("step00000060", {"tag": "step00000060"})
 
 
+def _load_on_rank(rank: int, folders: list[Path], port: int, out: Path) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    said: list[str] = []
+    manager = CheckpointManager(folders[rank], LoadingEngine(), 2, rank == 0, torch.distributed.barrier, said.append)
+    (out / f"rank{rank}.json").write_text(json.dumps({"loaded": manager.load_latest()[0], "said": said}))
+    torch.distributed.destroy_process_group()
+
+
+def test_ranks_load_the_newest_checkpoint_intact_on_all_of_them(tmp_path, reference):
+    """Two gloo ranks, each with its own view of the checkpoints (a filesystem that shows one rank a damaged
+    or stale copy): rank 1's newest is truncated, so both load the previous one, and rank 0 keeps its intact
+    newest in place rather than moving it aside."""
+    from pretrain_bench.train.engine import free_port
+
+    folders = [tmp_path / f"rank{rank}" / "checkpoints" for rank in range(2)]
+    for folder in folders:
+        shutil.copytree(reference / "checkpoints", folder)
+    optim = next((folders[1] / "step00000060").glob("*optim_states.pt"))
+    optim.write_bytes(optim.read_bytes()[:100])
+    torch.multiprocessing.spawn(_load_on_rank, args=(folders, free_port(), tmp_path), nprocs=2)
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert [r["loaded"] for r in results] == ["step00000040", "step00000040"]
+    assert results[0]["said"] == [f"checkpoint {folders[0] / 'step00000060'} is not usable on every rank "
+                                  f"(rank 1: {optim.name} is missing or truncated); trying the previous one"]
+    assert (folders[0] / "step00000060").is_dir() and not list(folders[0].glob(".unusable-*"))
+
+
 def test_a_metrics_line_cut_short_by_a_full_disk_is_dropped_on_resume(tmp_path):
     lines = [json.dumps({"split": "train", "step": step, "loss": 1.0}) for step in (10, 20, 30)]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"split": "train", "st')

@@ -3,9 +3,10 @@
 A save goes to `checkpoints/.tmp-<tag>/` on every rank; rank 0 then writes `checkpoint.json` (every
 file with its size and sha256), renames the folder to `<tag>` and only then moves the `latest`
 pointer (write-then-rename). A load verifies the checksums first and falls back to the previous
-complete checkpoint if the newest is damaged; an intact checkpoint that does not load (another number
-of ranks, another precision) stops the run and stays where it is. A failed save (full disk) removes
-its temporary folder and leaves every earlier checkpoint as it was.
+complete checkpoint if the newest is damaged on any rank (the ranks agree on the tag); an intact
+checkpoint that does not load (another number of ranks, another precision) stops the run and stays
+where it is. A failed save (full disk) removes its temporary folder and leaves every earlier
+checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from data_prep.pack import sha256_file
 from pretrain_bench.errors import RunStopped, UserError
@@ -30,6 +33,15 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def from_every_rank(value) -> list:
+    """`value` as each rank has it, in rank order; [value] in a single process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    values = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -110,21 +122,28 @@ class CheckpointManager:
         return None
 
     def load_latest(self) -> tuple[str, dict] | None:
-        """Load the newest intact checkpoint into the engine: (tag, client state), or None if none is intact
-        (damaged ones are moved aside); a UserError if the newest intact one does not load into this run."""
+        """Load the newest checkpoint intact on every rank into the engine: (tag, client state), or None if
+        there is none (damaged ones are moved aside); a UserError if it does not load into this run."""
         if self.is_main and self.folder.is_dir():  # saves a kill interrupted: never complete, never read
             for stale in self.folder.glob(f"{TMP_PREFIX}*"):
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         loaded, unusable = None, []
         # newest first by name (step numbers), not by the `latest` pointer: a kill between a checkpoint's
-        # rename and the pointer's move leaves the newer one complete
-        for tag in reversed(self.complete_tags()):
-            problem = self.verify(tag)
-            if problem is None:
+        # rename and the pointer's move leaves the newer one complete. Every rank walks the same tags and
+        # loads the same one, also where each node keeps its own files (node-local checkpoint disks).
+        for tag in sorted(set().union(*from_every_rank(self.complete_tags())), reverse=True):
+            here = (self.folder / tag / MANIFEST).exists()
+            problem = self.verify(tag) if here else "not in this rank's checkpoint folder"
+            problems = from_every_rank(problem)
+            if not any(problems):
                 loaded = tag, self._load(tag)
                 break
-            self.log(f"checkpoint {self.folder / tag} is unusable ({problem}); trying the previous one")
-            unusable.append(tag)
+            if here and problem:
+                self.log(f"checkpoint {self.folder / tag} is unusable ({problem}); trying the previous one")
+                unusable.append(tag)
+            else:
+                ranks = "; ".join(f"rank {r}: {p}" for r, p in enumerate(problems) if p)
+                self.log(f"checkpoint {self.folder / tag} is not usable on every rank ({ranks}); trying the previous one")
         self.barrier()  # every rank has read its files before rank 0 moves any
         if self.is_main:  # aside, so that rotation never keeps a bad checkpoint in place of a good one
             for tag in unusable:
