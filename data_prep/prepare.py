@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import Field, field_validator
 from tqdm import tqdm
 
-from data_prep import sources
+from data_prep import durable, sources
 from data_prep import tokenizer as tokenizers_
 from data_prep.pack import PACKERS, ShardWriter, SpecialIds, sha256_file
 from data_prep.tokenize import init_worker, tokenize
@@ -207,7 +207,7 @@ def _artifact(prepared: Prepared, name: str, settings: Section, log) -> Path:
     with _scratch(folder) as tmp:
         ARTIFACTS[name](prepared, settings, tmp)
         (tmp / "done.json").write_text(json.dumps(key, indent=1))
-        os.replace(tmp, folder)
+        durable.replace(tmp, folder)
     return folder
 
 
@@ -246,7 +246,7 @@ def _trained_tokenizer(cfg: DataConfig, cache: Path, log) -> Path:
             tok = tokenizers_.train(training_docs, cfg.tokenizer)
             with _scratch(folder) as tmp:
                 tok.save_pretrained(str(tmp))
-                os.replace(tmp, folder)
+                durable.replace(tmp, folder)
     return folder
 
 
@@ -302,7 +302,7 @@ def _build(cfg: DataConfig, packing: str, digest: str, root: Path, log) -> None:
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         shutil.rmtree(root, ignore_errors=True)
-        os.replace(tmp, root)
+        durable.replace(tmp, root)
         log(f"data_prep: {splits['train']['rows']} train rows, {splits['validation']['rows']} validation rows, "
             f"{splits['train']['tokens'] + splits['validation']['tokens']} tokens")
 

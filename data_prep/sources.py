@@ -17,6 +17,7 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from data_prep import durable
 from pretrain_bench.errors import UserError
 
 BUILTIN = "builtin:docstrings"
@@ -248,5 +249,5 @@ def builtin_docstrings(cache_dir: Path) -> list[dict]:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, cache)
+    durable.replace(tmp, cache)
     return records

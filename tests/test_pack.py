@@ -1,6 +1,8 @@
 """Packing invariants and the prepared-data cache."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +170,28 @@ def test_excluded_files_are_not_read_and_do_not_touch_the_cache(corpus_file, tmp
     assert "(" in unfiltered.tokenizer.get_vocab() and "(" not in prepared.tokenizer.get_vocab()
     (folder / "code" / "docs.jsonl").write_text('{"text": "edited"}\n')
     assert prepare(cfg).root == prepared.root
+
+
+def test_every_cache_file_is_on_disk_before_its_folder_takes_its_final_name(corpus_file, tmp_path, monkeypatch):
+    """A power cut may reorder unsynced writes and a rename: the tokenizer, the shards and an artifact are each
+    fsynced before the rename that publishes them, and the rename before `prepare` returns."""
+    from data_prep.cooccur import CooccurrenceConfig
+
+    synced, renames = [], []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd))[1])
+
+    def spy(src, dst):  # what is being published, and how much of it was synced by then
+        renames.append((dst, {str(p) for p in Path(src).rglob("*")}, len(synced)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    cfg = DataConfig(path=str(corpus_file), cache_dir=str(tmp_path), seq_len=64, num_proc=1,
+                     tokenizer={"vocab_size": 300})
+    prepared = prepare(cfg, "concat", {"cooccurrence": CooccurrenceConfig()})
+    published = {Path(dst) for dst, _, _ in renames}
+    assert {prepared.root, prepared.artifacts["cooccurrence"]} <= published
+    assert any((folder / "tokenizer.json").exists() for folder in published)
+    for dst, contents, synced_before in renames:
+        assert contents and contents <= set(synced[:synced_before]), dst
+        assert str(Path(dst).parent) in synced[synced_before:], dst

@@ -19,20 +19,13 @@ from typing import Callable
 
 import torch
 
+from data_prep import durable
 from data_prep.pack import sha256_file
 from pretrain_bench.errors import RunStopped, UserError
 
 MANIFEST = "checkpoint.json"
 TMP_PREFIX = ".tmp-"
 UNUSABLE_PREFIX = ".unusable-"  # a damaged checkpoint, kept for inspection, never loaded again
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def from_every_rank(value) -> list:
@@ -46,12 +39,8 @@ def from_every_rank(value) -> list:
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    tmp.write_text(text)
+    durable.replace(tmp, path)
 
 
 class CheckpointManager:
@@ -84,8 +73,7 @@ class CheckpointManager:
                          for p in sorted(tmp.rglob("*")) if p.is_file()}
                 atomic_write_text(tmp / MANIFEST, json.dumps({"tag": tag, "files": files}, indent=1))
                 shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)
-                _fsync_dir(self.folder)
+                durable.replace(tmp, final)
                 atomic_write_text(self.folder / "latest", tag)  # for DeepSpeed's own tools (zero_to_fp32.py)
                 self._rotate(protected | {tag})
         except (OSError, RuntimeError) as e:

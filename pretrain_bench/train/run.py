@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from data_prep import durable
 from data_prep.prepare import prepare
 from pretrain_bench import objectives
 from pretrain_bench.data import MicroBatches, Rows, loader
@@ -70,7 +71,7 @@ def export(objective: Objective, module: torch.nn.Module, tokenizer, folder: Pat
             (tmp / EXPORT_INFO).write_text(json.dumps(
                 {**info, "models": [str(m.relative_to(tmp)) for m in models]}, indent=1))
             shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
+            durable.replace(tmp, folder)
     return [folder / m.relative_to(tmp) for m in models]
 
 
