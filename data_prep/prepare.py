@@ -1,4 +1,5 @@
-"""`prepare`: raw text to a tokenizer and packed, checksummed shards, cached by config hash.
+"""`prepare`: raw text to a tokenizer and packed, checksummed shards, cached by a hash of the config, the source
+files (names, sizes, times) and the versions of the libraries that decide the content (tokenizers, the segmenter).
 
 Layout of a prepared folder (`<cache_dir>/prepared/<hash>/`):
     manifest.json                 counts, hashes, checksums; written last
@@ -15,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib
+from importlib import metadata
 import json
 import os
 import pkgutil
@@ -36,7 +38,7 @@ from data_prep import durable, sources
 from data_prep import tokenizer as tokenizers_
 from data_prep.pack import PACKERS, ShardWriter, SpecialIds, sha256_file
 from data_prep.tokenize import init_worker, tokenize
-from data_prep.words import SEGMENTERS
+from data_prep.words import SEGMENTER_PACKAGES, SEGMENTERS
 from pretrain_bench.errors import UserError
 from pretrain_bench.section import Section
 
@@ -85,7 +87,8 @@ class DataConfig(Section):
         content = self.model_dump(exclude={"num_proc", "rows_per_shard", "cache_dir", "exclude"})
         version = PACKERS[packing].version  # version 1 keeps the hashes of data prepared before packers had one
         content.update(packing=packing if version == 1 else f"{packing}/v{version}", format=FORMAT_VERSION,
-                       source=sources.fingerprint(self.path, self.exclude))
+                       source=sources.fingerprint(self.path, self.exclude),
+                       libraries=library_versions("tokenizers", SEGMENTER_PACKAGES.get(self.segmenter)))
         # files named by path count by their content: a tokenizer or dictionary replaced in place is another one
         if self.tokenizer.path:
             content["tokenizer_content"] = tokenizers_.fingerprint(tokenizers_.load(self.tokenizer.path))
@@ -93,6 +96,18 @@ class DataConfig(Section):
         if user_dict.is_file():  # a missing one is the segmenter's error to report
             content["user_dict_content"] = sha256_file(user_dict)
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def library_versions(*packages: str | None) -> dict[str, str | None]:
+    """The installed version of each package that decides the prepared content (None: not installed, which
+    the code that imports it reports)."""
+    versions = {}
+    for package in filter(None, packages):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 @dataclass
@@ -234,7 +249,8 @@ def _trained_tokenizer(cfg: DataConfig, cache: Path, log) -> Path:
     row length and segmenter."""
     key = {"source": sources.fingerprint(cfg.path, cfg.exclude), "path": cfg.path, "tokenizer": cfg.tokenizer.model_dump(),
            "validation_fraction": cfg.validation_fraction, "max_documents": cfg.max_documents,
-           "text": [cfg.text_field, cfg.txt_documents, cfg.encoding_errors, cfg.hub_split], "format": FORMAT_VERSION}
+           "text": [cfg.text_field, cfg.txt_documents, cfg.encoding_errors, cfg.hub_split], "format": FORMAT_VERSION,
+           "libraries": library_versions("tokenizers")}
     folder = cache / "tokenizers" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     with _locked(folder.with_suffix(".lock")):
         if not (folder / "tokenizer.json").exists():

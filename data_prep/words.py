@@ -18,6 +18,7 @@ import numpy as np
 Refiner = Callable[[Sequence[str], Sequence[object], list[np.ndarray]], list[np.ndarray]]
 SEGMENTERS: dict[str, str | None] = {"wordpiece": None, "jieba": "data_prep.segment_zh:jieba",
                                       "ltp": "data_prep.segment_zh:ltp"}
+SEGMENTER_PACKAGES = {"jieba": "jieba", "ltp": "ltp"}  # whose version decides the words, so keys the cache
 
 
 def refiner(name: str, options: dict) -> Refiner | None:

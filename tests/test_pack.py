@@ -195,3 +195,23 @@ def test_every_cache_file_is_on_disk_before_its_folder_takes_its_final_name(corp
     for dst, contents, synced_before in renames:
         assert contents and contents <= set(synced[:synced_before]), dst
         assert str(Path(dst).parent) in synced[synced_before:], dst
+
+
+def test_the_library_versions_that_decide_the_content_key_the_cache(corpus_file, tmp_path, monkeypatch):
+    """An upgrade of tokenizers (training and encoding) or of the chosen segmenter rebuilds the shards;
+    an upgrade of a segmenter the config does not use does not."""
+    from data_prep import prepare as prepare_module
+
+    wordpiece = DataConfig(path=str(corpus_file), cache_dir=str(tmp_path))
+    jieba = DataConfig(path=str(corpus_file), cache_dir=str(tmp_path), segmenter="jieba")
+    before = [wordpiece.fingerprint("concat"), jieba.fingerprint("concat")]
+    installed = prepare_module.metadata.version
+
+    def upgraded(package):
+        monkeypatch.setattr(prepare_module.metadata, "version", lambda p: "99.0" if p == package else installed(p))
+        return [wordpiece.fingerprint("concat"), jieba.fingerprint("concat")]
+
+    wordpiece_key, jieba_key = upgraded("jieba")
+    assert wordpiece_key == before[0] and jieba_key != before[1]
+    assert all(a != b for a, b in zip(upgraded("tokenizers"), before))
+    assert upgraded("ltp") == before
