@@ -52,7 +52,8 @@ class DataConfig(Section):
     """The corpus and how it becomes training rows."""
 
     path: str = Field(sources.BUILTIN, description="text file or folder (.txt/.jsonl/.parquet), "
-                      "'builtin:docstrings', or 'hub:<name>[:<config>]' (online only)")
+                      "'builtin:docstrings', or 'hub:<name>[:<config>][@<revision>]' (online only; the cache is keyed "
+                      "by this text, so pin a revision to notice a hub update)")
     exclude: list[str] = Field(default_factory=list, description="glob patterns of files under a data.path folder "
                                "to leave out, matched case-sensitively against paths relative to it, '*' crossing folders "
                                "(e.g. 'python311_docs.jsonl'; quote a leading '*' in YAML: '*.txt')")

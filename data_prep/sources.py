@@ -52,7 +52,7 @@ def fingerprint(spec: str, exclude: Sequence[str] = ()) -> str:
     versions: an upgrade changes the docstrings)."""
     if spec == BUILTIN:
         return hashlib.sha256(json.dumps([_builtin_roots(), _builtin_versions()]).encode()).hexdigest()
-    if spec.startswith(HUB_PREFIX):
+    if spec.startswith(HUB_PREFIX):  # its text only: pin '@<revision>', or a hub update goes unnoticed
         return spec
     path = Path(spec).expanduser()
     stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files_of(path, exclude)]
@@ -171,9 +171,10 @@ def _text(value, where: str, errors: str) -> str:
 def _hub_documents(name: str, split: str, text_field: str) -> Iterator[str]:
     import datasets
 
-    dataset_name, _, config_name = name.partition(":")
+    named, _, revision = name.partition("@")
+    dataset_name, _, config_name = named.partition(":")
     try:
-        dataset = datasets.load_dataset(dataset_name, config_name or None, split=split)
+        dataset = datasets.load_dataset(dataset_name, config_name or None, split=split, revision=revision or None)
     except Exception as e:  # offline, unknown name, no such split: all end the same way for the user
         raise UserError(f"data.path '{HUB_PREFIX}{name}': could not load it from the hub ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]}); without network, download it elsewhere and give "

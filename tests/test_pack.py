@@ -215,3 +215,27 @@ def test_the_library_versions_that_decide_the_content_key_the_cache(corpus_file,
     assert wordpiece_key == before[0] and jieba_key != before[1]
     assert all(a != b for a, b in zip(upgraded("tokenizers"), before))
     assert upgraded("ltp") == before
+
+
+def test_a_hub_data_set_is_read_at_its_pinned_revision_and_keyed_by_it(tmp_path, monkeypatch):
+    """No network here: `datasets.load_dataset` is replaced by an in-memory data set, which is what it returns."""
+    import datasets
+
+    asked = []
+
+    def load_dataset(name, config, split, revision):
+        asked.append((name, config, split, revision))
+        if revision == "missing":
+            raise FileNotFoundError("Revision 'missing' does not exist for dataset 'org/corpus'")
+        return datasets.Dataset.from_dict({"text": ["one document", "", "another document"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    read = lambda spec: list(sources.read_documents(spec, "text", "file", "strict", "train", tmp_path))
+    assert read("hub:org/corpus:en@v1.0") == ["one document", "another document"]
+    assert read("hub:org/corpus") == ["one document", "another document"]
+    assert asked == [("org/corpus", "en", "train", "v1.0"), ("org/corpus", None, "train", None)]
+    with pytest.raises(UserError, match=r"data.path 'hub:org/corpus@missing': could not load it from the hub "
+                                        r"\(FileNotFoundError: Revision 'missing' does not exist.*\); without network"):
+        read("hub:org/corpus@missing")
+    keys = {DataConfig(path=p).fingerprint("concat") for p in ("hub:org/corpus@v1.0", "hub:org/corpus@v2.0")}
+    assert len(keys) == 2
