@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib
-from importlib import metadata
 import json
 import os
 import pkgutil
@@ -25,6 +24,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import metadata
 from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path

@@ -118,7 +118,7 @@ class CheckpointManager:
         loaded, unusable = None, []
         # newest first by name (step numbers), not by the `latest` pointer: a kill between a checkpoint's
         # rename and the pointer's move leaves the newer one complete. Every rank walks the same tags and
-        # loads the same one, also where each node keeps its own files (node-local checkpoint disks).
+        # loads the same one, even where a filesystem shows one rank a stale listing or a damaged copy.
         for tag in sorted(set().union(*from_every_rank(self.complete_tags())), reverse=True):
             here = (self.folder / tag / MANIFEST).exists()
             problem = self.verify(tag) if here else "not in this rank's checkpoint folder"
