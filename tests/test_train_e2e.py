@@ -125,6 +125,15 @@ def test_auto_precision_is_bf16_only_where_native(native, monkeypatch):
     assert resolved_precision("fp32") == "fp32" and resolved_precision("bf16") == "bf16"
 
 
+@pytest.mark.parametrize("gpu", ["a100", "v100"])
+def test_auto_precision_on_a_gpu_is_bf16_only_where_native(gpu, monkeypatch):
+    """torch's bf16 check counts emulation unless told not to: a V100 (compute capability 7.0) passes it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: gpu == "a100" or including_emulation)
+    assert resolved_precision("auto") == ("bf16" if gpu == "a100" else "fp32")
+
+
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_overrides):
     args = ["train", REPO / "configs" / "tiny-cpu.yaml", *tiny_overrides, "train.max_steps=60",
             "train.checkpoint_every=20", "train.log_every=5", "train.eval_at=[0.5,1.0]"]

@@ -73,7 +73,7 @@ def resolved_precision(precision: str) -> str:
     if precision != "auto":
         return precision
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"  # not a V100's emulation
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import math
 import os
@@ -75,6 +76,16 @@ def export(objective: Objective, module: torch.nn.Module, tokenizer, folder: Pat
     return [folder / m.relative_to(tmp) for m in models]
 
 
+def _check_flash_attention(use_cuda: bool, precision: str) -> None:
+    fix = "or use model.attn_implementation sdpa (which picks flash kernels itself where it can)"
+    if not use_cuda or precision != "bf16":
+        raise UserError(f"model.attn_implementation flash_attention_2 runs on a GPU in bf16 only, and this run is "
+                        f"{precision} on the {'GPU' if use_cuda else 'CPU'}; set train.precision bf16 on a GPU {fix}")
+    if importlib.util.find_spec("flash_attn") is None:  # transformers would fetch a kernel from the hub instead
+        raise UserError(f"model.attn_implementation flash_attention_2 needs the flash-attn package; "
+                        f"pip install flash-attn, {fix}")
+
+
 @contextmanager
 def _fp32_masters(module: torch.nn.Module, precision: str):
     """The module holding its fp32 weights. DeepSpeed's bf16 trains bf16 copies of fp32 masters kept by
@@ -116,8 +127,12 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     barrier = dist.barrier
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // local_world))
-    if cfg.train.keep_freed_memory and not torch.cuda.is_available():
+    use_cuda = torch.cuda.is_available()
+    if cfg.train.keep_freed_memory and not use_cuda:
         keep_freed_memory()
+    precision = resolved_precision(cfg.train.precision)
+    if cfg.model.attn_implementation == "flash_attention_2":  # else the first forward fails, after data prep
+        _check_flash_attention(use_cuda, precision)
 
     objective_cls = objectives.get(cfg.objective.name)
     prepared = prepare(cfg.data, objective_cls.packing(cfg.objective), objective_cls.artifacts_needed(cfg.objective), say)
@@ -131,8 +146,6 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     torch.manual_seed(cfg.seed)
     module = objective.build(cfg.model)
     t = cfg.train
-    use_cuda = torch.cuda.is_available()
-    precision = resolved_precision(t.precision)
     if t.precision == "auto":
         say(f"train.precision auto: {precision} on this {'GPU' if use_cuda else 'CPU'}")
     if precision == "bf16" and not use_cuda and not cpu_has_native_bf16():
