@@ -51,7 +51,7 @@ class ModelConfig(Section):
     linear_bias: bool = Field(True, description="biases in linear layers, decoder included (crammed only; bert "
                               "always has them)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="attention kernel; flash_attention_2 needs a GPU and bf16")
+        "sdpa", description="attention kernel; flash_attention_2 needs a GPU, bf16 and the flash-attn package")
     compile: bool = Field(False, description="torch.compile the encoder (speed only, same numbers)")
 
     def dims(self) -> tuple[int, int, int, int]:
