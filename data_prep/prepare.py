@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from tqdm import tqdm
 
 from data_prep import durable, sources
@@ -81,6 +81,23 @@ class DataConfig(Section):
         if name not in SEGMENTERS:  # here, not in the tokenization workers after the tokenizer is trained
             raise ValueError(f"unknown segmenter '{name}'; choose one of {', '.join(SEGMENTERS)}")
         return name
+
+    @field_validator("segmenter_options")
+    @classmethod
+    def _options_of_the_segmenter(cls, options: dict, info: ValidationInfo) -> dict:
+        if "segmenter" not in info.data:  # unknown: reported by itself
+            return options
+        from data_prep import segment_zh  # no segmenter library is imported by this
+
+        schema = segment_zh.OPTIONS.get(info.data["segmenter"])
+        if schema is None and options:
+            raise ValueError(f"segmenter {info.data['segmenter']} takes no options; remove them")
+        if schema is not None:
+            try:
+                segment_zh.checked_options(schema, options, info.data["segmenter"])
+            except UserError as e:
+                raise ValueError(str(e)) from None
+        return options
 
     def fingerprint(self, packing: str) -> str:
         """Hash of everything that decides the shards' content (not where or how fast they are made)."""

@@ -45,6 +45,9 @@ class LtpOptions(Section):
     batch_size: int = Field(64, ge=1, description="documents per LTP call")
 
 
+OPTIONS: dict[str, type[Section]] = {"jieba": JiebaOptions, "ltp": LtpOptions}  # by data.segmenter
+
+
 def is_cjk(codes: np.ndarray) -> np.ndarray:
     """bool per code point: a Chinese character in BERT's sense."""
     out = np.zeros(codes.shape, dtype=bool)
@@ -94,7 +97,7 @@ def refine(texts: Sequence[str], encodings: Sequence, flags: list[np.ndarray], c
     return out
 
 
-def _options(cls: type[Section], options: dict, segmenter: str) -> Section:
+def checked_options(cls: type[Section], options: dict, segmenter: str) -> Section:
     try:
         return cls(**options)
     except ValidationError as e:
@@ -107,7 +110,7 @@ def jieba(options: dict):
     """The jieba refiner (a factory named in SEGMENTERS)."""
     import jieba as jieba_
 
-    opts = _options(JiebaOptions, options, "jieba")
+    opts = checked_options(JiebaOptions, options, "jieba")
     jieba_.setLogLevel(logging.WARNING)  # no "Building prefix dict" chatter from every worker
     segmenter = jieba_.Tokenizer()
     if opts.user_dict:
@@ -125,7 +128,7 @@ def jieba(options: dict):
 
 def ltp(options: dict):
     """The LTP refiner, from local weights only (a factory named in SEGMENTERS)."""
-    opts = _options(LtpOptions, options, "ltp")
+    opts = checked_options(LtpOptions, options, "ltp")
     if not os.path.isfile(os.path.join(opts.model_path, "config.json")):
         raise UserError(f"data.segmenter_options.model_path '{opts.model_path}' holds no LTP weights (config.json); "
                         "LTP models are never downloaded here: save one there first, or use data.segmenter=jieba")

@@ -44,7 +44,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args, rest = top.parse_known_args(argv)
+    # argparse ends the positional overrides at the first flag: 'train c.yaml --resume lr=1' keeps 'lr=1' too
+    stray = [a for a in rest if "=" not in a or a.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        top.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides += rest
     sys.stdout.reconfigure(line_buffering=True)  # log lines reach a redirected file as they happen
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 import pydantic
 import yaml
@@ -27,7 +28,7 @@ from pretrain_bench.train.loop import TrainConfig
 class RunConfig(Section):
     """One pre-training run."""
 
-    run_dir: str = Field(description="folder for config.yaml, metrics, checkpoints and final/")
+    run_dir: str = Field(min_length=1, description="folder for config.yaml, metrics, checkpoints and final/")
     seed: int = Field(0, ge=0, description="seeds initialisation, data order and corruption")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -42,12 +43,32 @@ class RunConfig(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1 without its base-60 numbers: `hours: 1:30` is a value to refuse, not 90 hours."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver(  # PyYAML's own patterns, less the sexagesimal alternative
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?"
+                                          r"|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=ConfigLoader)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found; give a YAML file such as configs/tiny-cpu.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
     if not isinstance(raw, dict):
@@ -69,8 +90,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict[str, str]:
             if not isinstance(child, dict):
                 raise UserError(f"command-line override '{item}': '{part}' is not a section")
             node = child
-        try:
-            node[parts[-1]] = yaml.safe_load(text) if text else ""
+        try:  # text with a YAML comment in it ('run_dir=runs/my run #2') is the text, not what precedes '#'
+            node[parts[-1]] = parse_yaml(text) if text and not re.search(r"(^|\s)#", text) else text
         except yaml.YAMLError:
             node[parts[-1]] = text
         applied[key] = text

@@ -30,6 +30,8 @@ def _default(field) -> str:
 
 def _type(annotation) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # the constraints are in the meaning column
+        return _type(args[0])
     if origin is typing.Literal:
         return "one of " + ", ".join(map(str, args))
     if origin in (typing.Union, types.UnionType):
@@ -42,8 +44,12 @@ def _type(annotation) -> str:
 def section_rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
+        if (field.json_schema_extra or {}).get("internal"):  # filled by a validator, never written by users
+            continue
         nested = _unwrap(field.annotation)
         if nested is not None and typing.get_origin(field.annotation) is not list:
+            if field.default is None:  # an optional section: its keys' "required" holds once it is given
+                rows.append(f"| `{prefix}{name}` | section or null | `null` | {field.description or ''} |")
             rows += section_rows(nested, f"{prefix}{name}.")
             continue
         rows.append(f"| `{prefix}{name}` | {_type(field.annotation)} | {_default(field)} | {field.description or ''} |")

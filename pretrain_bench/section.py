@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from pretrain_bench.errors import UserError, closest
 
@@ -23,16 +23,21 @@ def merged(base: dict, extra: dict) -> dict:
     return out
 
 
-class Section(BaseModel):
-    """A config section: unknown keys are errors, values are validated on assignment and frozen."""
+# an AdamW beta: torch refuses one outside [0, 1) only when the optimizer is built, after data preparation
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors (and so are infinite or NaN numbers), values are validated
+    on assignment and frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 def _unwrap(annotation: Any) -> Any:
-    """The Section class inside `X | None`, `Annotated[X, ...]`, or None."""
+    """The Section class inside `X | None`, `Annotated[X, ...]`, `list[X]`, or None."""
     origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
+    if origin in (typing.Annotated, list):
         return _unwrap(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
@@ -47,6 +52,8 @@ def known_keys(root: type[BaseModel], loc: tuple) -> list[str]:
     """Valid key names at the level of `loc[-1]`, for did-you-mean suggestions."""
     cls: Any = root
     for part in loc[:-1]:
+        if part.isdigit():  # an entry of a list, whose element class _unwrap has taken
+            continue
         if cls is None or part not in cls.model_fields:
             return []
         cls = _unwrap(cls.model_fields[part].annotation)
@@ -60,7 +67,10 @@ def validation_error(err: pydantic.ValidationError, root: type[BaseModel], sourc
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
         dotted = ".".join(loc)
-        origin = f"command-line override '{dotted}={overrides[dotted]}'" if dotted in overrides else source
+        # the override that set this key, a key inside it, or the section holding it ('budget.tokens=100' for
+        # a section-level "two budgets" error, 'tasks=[...]' for 'tasks.0.path')
+        given = [k for k in overrides if k == dotted or dotted.startswith(f"{k}.") or k.startswith(f"{dotted}.")]
+        origin = f"command-line override '{given[0]}={overrides[given[0]]}'" if given else source
         if e["type"] == "extra_forbidden":
             # a section that validates part of itself with another Config (MPA's base keys) names them in ctx
             hint = closest(loc[-1], [*known_keys(root, loc), *e.get("ctx", {}).get("known_keys", ())])

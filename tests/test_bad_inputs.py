@@ -49,6 +49,7 @@ def world(tmp_path_factory, tiny_overrides, cache_dir):
     (files / "bad.yaml").write_text("run_dir: r\ntrain: [unclosed\n")
     (files / "list.yaml").write_text("- run_dir\n- r\n")
     (files / "notes.txt").write_text("stray run files\n")
+    (files / "finetune_int.yaml").write_text("finetune: 3\n")
     orphan = root / "orphan"
     (orphan / "checkpoints").mkdir(parents=True)
     sst = tasks.write(files / "SST-2", "binary", 20, 10)
@@ -77,6 +78,16 @@ def _cases(w) -> list[tuple[str, list[str], list[str]]]:
         ("bad-choice", [*new, "train.precision=fp8"], ["'train.precision'", "'fp32', 'bf16' or 'auto'"]),
         ("bad-encoding-mode", [*new, "data.encoding_errors=ignore"], ["'data.encoding_errors'", "'strict' or 'replace'"]),
         ("override-syntax", [*new, "train.lr"], ["override 'train.lr'", "key.sub=value"]),
+        ("override-after-a-flag", [*new, "--overwrite", "train.lr=-1"],
+         ["command-line override 'train.lr=-1'", "greater than 0"]),
+        ("override-typo-section", [*new, "buget.minutes=2"],
+         ["command-line override 'buget.minutes=2': unknown key 'buget'", "did you mean 'budget'"]),
+        ("typo-in-a-list-entry", [*new, "budget.seq_len_curriculum=[{until: 0.5, seqlen: 32}]"],
+         ["unknown key 'budget.seq_len_curriculum.0.seqlen'", "did you mean 'seq_len'"]),
+        ("base-60-number", [*new, "budget.minutes=1:30"], ["'budget.minutes' = '1:30' is invalid"]),
+        ("infinite-number", [*new, "train.lr=.inf"], ["'train.lr' = inf is invalid", "finite number"]),
+        ("adam-beta-out-of-range", [*new, "train.adam_betas=[0.9,1.5]"], ["'train.adam_betas.1' = 1.5", "less than 1"]),
+        ("run-dir-empty", [*train_args, "run_dir="], ["'run_dir' = '' is invalid", "at least 1 character"]),
         ("override-not-section", [*new, "seed.x=1"], ["'seed' is not a section"]),
         ("no-stop", [*new, "train.max_steps=null"], ["neither train.max_steps nor a budget is set"]),
         ("negative-seed", [*new, "seed=-1"], ["'seed'", "greater than or equal to 0"]),
@@ -107,6 +118,10 @@ def _cases(w) -> list[tuple[str, list[str], list[str]]]:
         ("corpus-bad-parquet", [*new, f"data.path={f / 'broken.parquet'}"],
          ["broken.parquet: not a readable Parquet file"]),
         ("segmenter-unknown", [*new, "data.segmenter=jiebaa"], ["data.segmenter", "unknown segmenter 'jiebaa'"]),
+        ("segmenter-option-unknown", [*new, "data.segmenter=jieba", "data.segmenter_options.hmmm=false"],
+         ["data.segmenter_options for segmenter jieba: 'hmmm'", "valid keys: hmm, user_dict"]),
+        ("segmenter-options-for-wordpiece", [*new, "data.segmenter_options.hmm=false"],
+         ["segmenter wordpiece takes no options; remove them"]),
         ("segmenter-option-in-workers", [*new, "data.segmenter=jieba", "data.num_proc=2",
                                          f"data.segmenter_options.user_dict={f / 'no_dict.txt'}"],
          ["data.segmenter_options.user_dict", "does not exist"]),
@@ -127,6 +142,8 @@ def _cases(w) -> list[tuple[str, list[str], list[str]]]:
          ["dev.tsv:1: expected a header line naming label, sentence", "set the task's format"]),
         ("finetune-no-checkpoint", ["finetune", str(w["root"] / "no_model"), str(w["sst"])],
          ["no_model", "not a transformers model folder"]),
+        ("finetune-recipe-not-a-mapping", ["finetune", str(w["run"] / "final"), str(w["sst"]), "--recipe",
+                                           str(f / "finetune_int.yaml")], ["'finetune' must be a mapping"]),
         ("finetune-unknown-key", ["finetune", str(w["run"] / "final"), str(w["sst"]), "finetune.lrr=1e-4"],
          ["unknown key 'finetune.lrr'"]),
     ]

@@ -186,6 +186,8 @@ def test_changed_pretraining_settings_are_refused_before_any_work(study, capsys)
     ({"finetune": {"seeds": []}}, r"'finetune\.seeds' = \[\] is invalid"),
     ({"finetune": {"pooling": "mean"}}, r"study.yaml: finetune.pooling 'mean' needs model.arch crammed"),
     ({"budget": {"minutes": 1, "tokens": 5}}, r"give one of hours, minutes, tokens"),
+    ({"finetune": {"reinit_top_layers": 3}}, r"study.yaml: finetune.reinit_top_layers 3 exceeds the encoder's 2 layers"),
+    ({"finetune": {"max_seq_len": 1024}}, r"study.yaml: finetune.max_seq_len 1024 exceeds model.max_position_embeddings"),
 ])
 def test_study_config_errors(tmp_path, corpus_file, cache_dir, change, message):
     raw = {**study_config(tmp_path, corpus_file, cache_dir), **change}

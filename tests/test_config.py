@@ -54,6 +54,28 @@ def test_overrides_parse_yaml_values(tmp_path):
         load(tmp_path, "run_dir: r\n", "train.lr")
 
 
+def test_override_text_is_read_as_a_person_means_it(tmp_path):
+    """A YAML comment sign inside the text is text; YAML 1.1's base-60 numbers are not numbers, in an
+    override or a file ('1:30' would otherwise be 90 hours)."""
+    cfg = load(tmp_path, "run_dir: r\ntrain:\n  max_steps: 1\n", "run_dir=runs/my run #2")
+    assert cfg.run_dir == "runs/my run #2"
+    with pytest.raises(UserError, match=r"command-line override 'budget.hours=1:30': 'budget.hours' = '1:30' is invalid"):
+        load(tmp_path, "run_dir: r\n", "budget.hours=1:30")
+    with pytest.raises(UserError, match=r"'budget.hours' = '1:30' is invalid"):
+        load(tmp_path, "run_dir: r\nbudget:\n  hours: 1:30\n")
+    assert load(tmp_path, "run_dir: r\ntrain:\n  lr: 2.0e-3\n  max_steps: 1_000\n").train.max_steps == 1000
+    with pytest.raises(UserError, match=r"command-line override 'seed=#3': 'seed' = '#3' is invalid"):
+        load(tmp_path, "run_dir: r\ntrain:\n  max_steps: 1\n", "seed=#3")
+
+
+def test_a_partial_finetune_schedule_keeps_the_finetuning_defaults():
+    from pretrain_bench.eval.finetune import FinetuneConfig
+
+    schedule = FinetuneConfig(schedule={"floor": 0.1}).schedule
+    assert (schedule.shape, schedule.warmup, schedule.floor) == ("cosine", 0.1, 0.1)
+    assert FinetuneConfig(schedule={"shape": "linear"}).schedule.warmup == 0.1
+
+
 def test_unknown_objective_and_cross_field_checks(tmp_path):
     with pytest.raises(UserError, match="did you mean 'mlm'"):
         load(tmp_path, "run_dir: r\nobjective:\n  name: mlmm\n")

@@ -28,7 +28,7 @@ SHARED = ("seed", "data", "model", "train", "budget")  # what every objective's 
 class StudyConfig(Section):
     """Objectives side by side at equal budget, each fine-tuned on every task."""
 
-    run_dir: str = Field(description="study folder: runs/<label>/ (pre-training), finetune/ (results per seed), report/")
+    run_dir: str = Field(min_length=1, description="study folder: runs/<label>/ (pre-training), finetune/ (results per seed), report/")
     pretrain_recipe: str | None = Field(None, description="a pre-training config (e.g. configs/recipes/cpu-10min.yaml) "
                                         "whose seed, data, model, train and budget the study starts from; the "
                                         "sections written here override it key by key")
@@ -94,6 +94,13 @@ def validate(raw: dict, source: str, applied: dict[str, str] | None = None):
     if study.finetune.pooling is not None and study.model.arch != "crammed":  # found now, not after pre-training
         raise UserError(f"{source}: finetune.pooling '{study.finetune.pooling}' needs model.arch crammed (ModernBERT "
                         f"pools by config; BERT and ELECTRA classifiers read [CLS]); set finetune.pooling: null")
+    layers = study.model.dims()[0]
+    if study.finetune.reinit_top_layers > layers:
+        raise UserError(f"{source}: finetune.reinit_top_layers {study.finetune.reinit_top_layers} exceeds the "
+                        f"encoder's {layers} layers; lower it")
+    if study.finetune.max_seq_len > study.model.max_position_embeddings:
+        raise UserError(f"{source}: finetune.max_seq_len {study.finetune.max_seq_len} exceeds "
+                        f"model.max_position_embeddings {study.model.max_position_embeddings}; lower the former")
     names = []
     for i, task in enumerate(study.tasks):
         where = f"{source}: tasks[{i}]"

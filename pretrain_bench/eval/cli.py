@@ -26,12 +26,15 @@ def finetune(args) -> None:
     import pydantic
 
     from pretrain_bench import config as config_
+    from pretrain_bench.errors import UserError
     from pretrain_bench.eval.finetune import FinetuneJob, finetune_seeds
     from pretrain_bench.eval.metrics import summarize
     from pretrain_bench.eval.tasks import load_task
     from pretrain_bench.section import validation_error
 
-    recipe = config_.read_yaml(args.recipe).get("finetune", {}) if args.recipe else {}
+    recipe = config_.read_yaml(args.recipe).get("finetune") if args.recipe else None
+    if not isinstance(recipe, dict | None):
+        raise UserError(f"{args.recipe}: 'finetune' must be a mapping of fine-tuning keys (epochs, lr, ...)")
     raw = {"finetune": dict(recipe or {}), "task": {"path": args.task}}
     applied = config_.apply_overrides(raw, args.overrides)
     source = args.recipe or "command line"

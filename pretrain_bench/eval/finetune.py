@@ -19,19 +19,20 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from pretrain_bench.errors import UserError
 from pretrain_bench.eval.metrics import METRICS, task_score
 from pretrain_bench.eval.tasks import Examples, Task, TaskConfig
-from pretrain_bench.section import Section
+from pretrain_bench.section import Beta, Section, merged
 from pretrain_bench.train.engine import takes_weight_decay
 from pretrain_bench.train.host_memory import keep_freed_memory
 from pretrain_bench.train.run import EXPORT_INFO
 from pretrain_bench.train.schedules import ScheduleConfig, lr_factor
 
 Init = Literal["pretrained", "random"]
+GLUE_SANE_SCHEDULE = {"shape": "cosine", "warmup": 0.1}  # fine-tuning's defaults, not pre-training's
 
 
 class FinetuneConfig(Section):
@@ -42,9 +43,9 @@ class FinetuneConfig(Section):
     batch_size: int = Field(16, ge=1, description="examples per optimizer step")
     lr: float = Field(4e-5, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay (not on biases and norms)")
-    adam_betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas")
+    adam_betas: tuple[Beta, Beta] = Field((0.9, 0.98), description="AdamW betas, each in [0, 1)")
     adam_eps: float = Field(1e-6, gt=0, description="AdamW epsilon")
-    schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(shape="cosine", warmup=0.1),
+    schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(**GLUE_SANE_SCHEDULE),
                                      description="learning-rate shape over the fine-tuning steps")
     grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip (0: off)")
     max_seq_len: int = Field(128, ge=8, description="tokens per example after truncation, specials included")
@@ -69,6 +70,11 @@ class FinetuneConfig(Section):
     eval_batch_size: int = Field(128, ge=1, description="examples per evaluation forward pass")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
     keep_freed_memory: bool = Field(True, description="on a CPU under glibc, as train.keep_freed_memory")
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_defaults(cls, value):  # `schedule.floor: 0.1` keeps the cosine shape and its warm-up
+        return merged(GLUE_SANE_SCHEDULE, value) if isinstance(value, dict) else value
 
 
 class FinetuneJob(Section):

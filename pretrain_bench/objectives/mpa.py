@@ -79,10 +79,12 @@ class MPAConfig(ObjectiveConfig):
     them (validated by its own Config), and MPA's settings under `objective.mpa`."""
 
     name: str = "mpa"
-    base: str = Field("mlm", description="the objective MPA wraps: mlm, wwm, mac (the MLM family) or electra")
+    base: str = Field("mlm", description="the objective MPA wraps: mlm, wwm, mac (the MLM family) or electra; "
+                      "its own keys (e.g. masking.rate) are written beside MPA's, flat in objective.*")
     mpa: MPASettings = Field(default_factory=MPASettings)
     base_config: SerializeAsAny[ObjectiveConfig] = Field(
-        description="the wrapped objective's validated settings (written flat in objective.*, not under this key)")
+        description="the wrapped objective's validated settings (written flat in objective.*, not under this key)",
+        json_schema_extra={"internal": True})
 
     @model_validator(mode="wrap")
     @classmethod

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 
 from pretrain_bench.errors import PREEMPTED_EXIT_CODE, RunStopped
-from pretrain_bench.section import Section
+from pretrain_bench.section import Beta, Section
 from pretrain_bench.train.budget import Budget
 from pretrain_bench.train.schedules import ScheduleConfig, lr_factor
 from pretrain_bench.train.tracker import MetricWindow, Tracker
@@ -39,7 +39,7 @@ class TrainConfig(Section):
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step (after any ramp)")
     lr: float = Field(5e-4, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.01, ge=0, description="AdamW decay (not on biases and norms)")
-    adam_betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas")
+    adam_betas: tuple[Beta, Beta] = Field((0.9, 0.98), description="AdamW betas, each in [0, 1)")
     adam_eps: float = Field(1e-6, gt=0, description="AdamW epsilon")
     grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip (0: off)")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
