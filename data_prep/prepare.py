@@ -106,21 +106,25 @@ class DataConfig(Section):
         version = PACKERS[packing].version  # version 1 keeps the hashes of data prepared before packers had one
         content.update(packing=packing if version == 1 else f"{packing}/v{version}", format=FORMAT_VERSION,
                        source=sources.fingerprint(self.path, self.exclude),
-                       libraries=library_versions("tokenizers", SEGMENTER_PACKAGES.get(self.segmenter)))
+                       libraries=library_versions("tokenizers", *SEGMENTER_PACKAGES.get(self.segmenter, ())))
         # files named by path count by their content: a tokenizer or dictionary replaced in place is another one
         if self.tokenizer.path:
             content["tokenizer_content"] = tokenizers_.fingerprint(tokenizers_.load(self.tokenizer.path))
         user_dict = Path(self.segmenter_options.get("user_dict") or "")
         if user_dict.is_file():  # a missing one is the segmenter's error to report
             content["user_dict_content"] = sha256_file(user_dict)
+        weights = Path(self.segmenter_options.get("model_path") or "/nonexistent")
+        if weights.is_dir():  # LTP weights replaced in place: their files' names, sizes and times
+            content["segmenter_model"] = [(str(f.relative_to(weights)), f.stat().st_size, f.stat().st_mtime_ns)
+                                          for f in sorted(weights.rglob("*")) if f.is_file()]
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def library_versions(*packages: str | None) -> dict[str, str | None]:
+def library_versions(*packages: str) -> dict[str, str | None]:
     """The installed version of each package that decides the prepared content (None: not installed, which
     the code that imports it reports)."""
     versions = {}
-    for package in filter(None, packages):
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -18,7 +18,8 @@ import numpy as np
 Refiner = Callable[[Sequence[str], Sequence[object], list[np.ndarray]], list[np.ndarray]]
 SEGMENTERS: dict[str, str | None] = {"wordpiece": None, "jieba": "data_prep.segment_zh:jieba",
                                       "ltp": "data_prep.segment_zh:ltp"}
-SEGMENTER_PACKAGES = {"jieba": "jieba", "ltp": "ltp"}  # whose version decides the words, so keys the cache
+# the packages whose versions decide the words, so key the cache (LTP's model code lives in ltp-core)
+SEGMENTER_PACKAGES: dict[str, tuple[str, ...]] = {"jieba": ("jieba",), "ltp": ("ltp", "ltp-core")}
 
 
 def refiner(name: str, options: dict) -> Refiner | None:

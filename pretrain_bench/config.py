@@ -90,10 +90,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict[str, str]:
             if not isinstance(child, dict):
                 raise UserError(f"command-line override '{item}': '{part}' is not a section")
             node = child
-        try:  # text with a YAML comment in it ('run_dir=runs/my run #2') is the text, not what precedes '#'
-            node[parts[-1]] = parse_yaml(text) if text and not re.search(r"(^|\s)#", text) else text
+        try:
+            value = parse_yaml(text) if text else ""
         except yaml.YAMLError:
-            node[parts[-1]] = text
+            value = text
+        if re.search(r"(^|\s)#", text) and not isinstance(value, list | dict):  # 'run_dir=runs/my run #2' is
+            value = text  # the text, not what precedes the '#' that YAML reads as a comment
+        node[parts[-1]] = value
         applied[key] = text
     return applied
 

@@ -57,8 +57,9 @@ def test_overrides_parse_yaml_values(tmp_path):
 def test_override_text_is_read_as_a_person_means_it(tmp_path):
     """A YAML comment sign inside the text is text; YAML 1.1's base-60 numbers are not numbers, in an
     override or a file ('1:30' would otherwise be 90 hours)."""
-    cfg = load(tmp_path, "run_dir: r\ntrain:\n  max_steps: 1\n", "run_dir=runs/my run #2")
-    assert cfg.run_dir == "runs/my run #2"
+    cfg = load(tmp_path, "run_dir: r\ntrain:\n  max_steps: 1\n", "run_dir=runs/my run #2",
+               "data.exclude=['notes #1.txt', b.txt]")
+    assert cfg.run_dir == "runs/my run #2" and cfg.data.exclude == ["notes #1.txt", "b.txt"]
     with pytest.raises(UserError, match=r"command-line override 'budget.hours=1:30': 'budget.hours' = '1:30' is invalid"):
         load(tmp_path, "run_dir: r\n", "budget.hours=1:30")
     with pytest.raises(UserError, match=r"'budget.hours' = '1:30' is invalid"):

@@ -249,22 +249,37 @@ def _load_on_rank(rank: int, folders: list[Path], port: int, out: Path) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_ranks_load_the_newest_checkpoint_intact_on_all_of_them(tmp_path, reference):
-    """Two gloo ranks, each with its own view of the checkpoints (a filesystem that shows one rank a damaged
-    or stale copy): rank 1's newest is truncated, so both load the previous one, and rank 0 keeps its intact
-    newest in place rather than moving it aside."""
+def _damage(folder: Path, how: str) -> str:
+    """Rank 1's view of its newest checkpoint; the problem it reports."""
+    newest = folder / "step00000060"
+    if how == "truncated":
+        optim = next(newest.glob("*optim_states.pt"))
+        optim.write_bytes(optim.read_bytes()[:100])
+        return f"{optim.name} is missing or truncated"
+    if how == "missing":  # a stale listing: the folder not there yet
+        shutil.rmtree(newest)
+        return "not in this rank's checkpoint folder"
+    present = next(newest.glob("*optim_states.pt")).name  # a manifest of another shape: no sizes
+    (newest / "checkpoint.json").write_text(json.dumps({"files": {present: {}}}))
+    return "unreadable (KeyError: 'size')"
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing", "malformed"])
+def test_ranks_load_the_newest_checkpoint_intact_on_all_of_them(tmp_path, reference, how):
+    """Two gloo ranks, each with its own view of the checkpoints (a filesystem that shows one rank a damaged,
+    stale or odd copy): both load the previous checkpoint, no rank leaves the agreement with an exception, and
+    rank 0 keeps its intact newest in place rather than moving it aside."""
     from pretrain_bench.train.engine import free_port
 
     folders = [tmp_path / f"rank{rank}" / "checkpoints" for rank in range(2)]
     for folder in folders:
         shutil.copytree(reference / "checkpoints", folder)
-    optim = next((folders[1] / "step00000060").glob("*optim_states.pt"))
-    optim.write_bytes(optim.read_bytes()[:100])
+    problem = _damage(folders[1], how)
     torch.multiprocessing.spawn(_load_on_rank, args=(folders, free_port(), tmp_path), nprocs=2)
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [r["loaded"] for r in results] == ["step00000040", "step00000040"]
     assert results[0]["said"] == [f"checkpoint {folders[0] / 'step00000060'} is not usable on every rank "
-                                  f"(rank 1: {optim.name} is missing or truncated); trying the previous one"]
+                                  f"(rank 1: {problem}); trying the previous one"]
     assert (folders[0] / "step00000060").is_dir() and not list(folders[0].glob(".unusable-*"))
 
 

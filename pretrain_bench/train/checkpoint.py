@@ -67,6 +67,7 @@ class CheckpointManager:
             self.barrier()
             self.engine.save_checkpoint(str(self.folder), tag=tmp.name, client_state=client_state,
                                         save_latest=False)
+            durable.sync_tree(tmp)  # on every rank: only the node that wrote a file can flush it
             self.barrier()
             if self.is_main:
                 files = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
@@ -95,18 +96,21 @@ class CheckpointManager:
                 shutil.rmtree(self.folder / tag)
 
     def verify(self, tag: str) -> str | None:
-        """None if every file matches its manifest entry, else what is wrong."""
+        """None if every file matches its manifest entry, else what is wrong. Never raises: the ranks compare
+        their answers in a collective that a rank leaving with an exception would hang."""
         folder = self.folder / tag
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
-        except (OSError, ValueError) as e:
+            for name, entry in manifest["files"].items():
+                path = folder / name
+                if not path.is_file() or path.stat().st_size != entry["size"]:
+                    return f"{name} is missing or truncated"
+                if sha256_file(path) != entry["sha256"]:
+                    return f"{name} does not match its checksum"
+        except ValueError as e:
             return f"unreadable {MANIFEST} ({e})"
-        for name, entry in manifest["files"].items():
-            path = folder / name
-            if not path.is_file() or path.stat().st_size != entry["size"]:
-                return f"{name} is missing or truncated"
-            if sha256_file(path) != entry["sha256"]:
-                return f"{name} does not match its checksum"
+        except (OSError, KeyError, TypeError, AttributeError) as e:  # a failing disk, a manifest of another shape
+            return f"unreadable ({e.__class__.__name__}: {e})"
         return None
 
     def load_latest(self) -> tuple[str, dict] | None:
