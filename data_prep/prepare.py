@@ -113,10 +113,10 @@ class DataConfig(Section):
         user_dict = Path(self.segmenter_options.get("user_dict") or "")
         if user_dict.is_file():  # a missing one is the segmenter's error to report
             content["user_dict_content"] = sha256_file(user_dict)
-        weights = Path(self.segmenter_options.get("model_path") or "/nonexistent")
-        if weights.is_dir():  # LTP weights replaced in place: their files' names, sizes and times
+        weights = self.segmenter_options.get("model_path")
+        if weights and Path(weights).is_dir():  # LTP weights replaced in place: their files' names, sizes, times
             content["segmenter_model"] = [(str(f.relative_to(weights)), f.stat().st_size, f.stat().st_mtime_ns)
-                                          for f in sorted(weights.rglob("*")) if f.is_file()]
+                                          for f in sorted(Path(weights).rglob("*")) if f.is_file()]
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
