@@ -316,12 +316,10 @@ def machine() -> dict:
     import torch
     import transformers
 
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    # A virtual machine may name two CPU generations alike ("AMD EPYC"): the kernels torch dispatches to tell them apart.
-    kernels = torch.backends.cpu.get_cpu_capability()
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{cpu}, {kernels}, {os.cpu_count()} cores"
-    return {"device": device, "python": platform.python_version(), "torch": torch.__version__,
+    from pretrain_bench.train.throughput import machine as hardware
+
+    return {"device": hardware(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+            "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "deepspeed": deepspeed.__version__,
             "date": time.strftime("%Y-%m-%d")}
 
@@ -506,8 +504,8 @@ def fastest(measured: list[dict], peak: float) -> dict:
 
 
 def machine_name(cuda: bool) -> str:
-    """cpu-2core-amd-epyc-avx512, cpu-2core-amd-epyc-avx2, gpu-nvidia-h100-...: results of different machines
-    never overwrite each other."""
+    """cpu-2core-amd-epyc-f26m2-avx512, gpu-nvidia-h100-...: results of different machines never overwrite each
+    other (files before 2026-12-07 lack the CPU family and model: cpu-2core-amd-epyc-avx512 is the Zen 4)."""
     import re
 
     import torch
@@ -515,9 +513,12 @@ def machine_name(cuda: bool) -> str:
     if cuda:
         device = "gpu-" + torch.cuda.get_device_name(0)
     else:
-        cpu, kernels, _cores = machine()["device"].rsplit(",", 2)
+        cpu, kernels, _threads = machine()["device"].rsplit(",", 2)
+        family = re.search(r"\(family (\d+), model (\d+)\)", cpu)
+        cpu = cpu[:family.start()] if family else cpu
         words = [w for w in re.sub(r"\(r\)|\(tm\)|processor|\d+-core", "", cpu.lower()).split() if w]
-        device = f"cpu-{os.cpu_count()}core-" + "-".join(words[:2] + [kernels.strip()])
+        words = words[:2] + ([f"f{family[1]}m{family[2]}"] if family else [])
+        device = f"cpu-{os.cpu_count()}core-" + "-".join(words + [kernels.strip()])
     return re.sub(r"[^a-z0-9.-]+", "-", device.lower())
 
 

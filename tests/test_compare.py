@@ -116,6 +116,9 @@ def test_report_table_json_and_plots_agree(study):
         assert run["tokens_per_s"] == pytest.approx(run["tokens"] / run["training_seconds"])
         assert run["curve"]["tokens"][-1] == run["tokens"] and len(run["eval_curve"]["eval_loss"]) == 2
         assert f"{run['final_loss']:.3f}" == pretraining[label][6]
+        assert run["machine"] == info["machine"] and run["precision"] == info["precision"] == "fp32"
+    machine = results["models"]["mlm"]["pretrain"]["machine"]
+    assert f"Pre-trained on {machine}, fp32: `mlm`, `shuffled`." in markdown
     assert results["models"]["shuffled"]["objective"] == "tests.plugins.shuffle_objective:Shuffled"
 
     # equal settings: the two runs differ in their objective and nothing else

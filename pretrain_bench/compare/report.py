@@ -91,6 +91,18 @@ def _speed_note(models: dict) -> list[str]:
             "work during one of them; repeat the study on a quiet machine, or set budget.tokens to compare at equal data."]
 
 
+def _machine_lines(models: dict) -> list[str]:
+    """Where each run's tokens/s was measured: a wall-clock budget buys what its machine runs."""
+    machines: dict[str, list[str]] = {}
+    for label, entry in models.items():
+        run = entry["pretrain"]
+        if run and run.get("machine"):
+            machines.setdefault(f"{run['machine']}, {run['precision']}", []).append(f"`{label}`")
+    if not machines:
+        return []
+    return ["", *(f"Pre-trained on {name}: {', '.join(labels)}." for name, labels in machines.items())]
+
+
 def _floor_sentence(floors: list[str]) -> str:
     if not floors:
         return "."
@@ -139,7 +151,7 @@ def markdown(results: dict) -> str:
                  _number(run["training_seconds"], 1), _number(run["tokens_per_s"], 0), _number(run["final_loss"]),
                  _number(run["final_eval_loss"]), str(run["stop_reason"])]
         out.append("| " + " | ".join(cells) + " |")
-    out += _speed_note(models)
+    out += _machine_lines(models) + _speed_note(models)
 
     out += ["", "## Against the floor", "", *_floor_lines(results)]
 

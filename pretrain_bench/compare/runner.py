@@ -76,6 +76,7 @@ def pretrain_record(cfg) -> dict:
         "objective": cfg.objective.name, "run_dir": str(run_dir), "steps": info["steps"], "tokens": info["tokens"],
         "training_seconds": seconds, "tokens_per_s": info["tokens"] / seconds if seconds else None,
         "stop_reason": info.get("stop_reason"), "export_seconds": info.get("export_seconds"),
+        "precision": info.get("precision"), "machine": info.get("machine"),  # absent before 2026-12-07
         "final_loss": train_lines[-1]["loss"] if train_lines else None,
         "final_eval_loss": eval_lines[-1]["eval_loss"] if eval_lines else None,
         "curve": {k: [r[k] for r in train_lines] for k in ("step", "tokens", "elapsed_s", "loss")},

@@ -32,7 +32,7 @@ from pretrain_bench.train.engine import (build_engine, cpu_has_native_bf16, deep
                                          parameter_groups, resolved_precision)
 from pretrain_bench.train.host_memory import keep_freed_memory
 from pretrain_bench.train.loop import LoopState, Trainer
-from pretrain_bench.train.throughput import matmul_peak_flops, random_state_kept, training_flops
+from pretrain_bench.train.throughput import machine, matmul_peak_flops, random_state_kept, training_flops
 from pretrain_bench.train.tracker import MetricWindow, Tracker
 
 EXPORT_INFO = "pretrain_bench.json"
@@ -221,7 +221,8 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, now: Callable[[
     peak = t.peak_flops or matmul_peak_flops("cuda" if use_cuda else "cpu",
                                             torch.bfloat16 if precision == "bf16" else torch.float32)
     info = {"objective": cfg.objective.name, "config_hash": cfg.fingerprint(), "precision": precision,
-            "tokenizer_hash": prepared.manifest["tokenizer_hash"], "data": str(prepared.root)}
+            "tokenizer_hash": prepared.manifest["tokenizer_hash"], "data": str(prepared.root),
+            "machine": machine(engine.device), "torch": torch.__version__}
 
     def snapshot(point: float) -> None:
         """A transformers export named by the budget fraction it stands for (quality against hours)."""

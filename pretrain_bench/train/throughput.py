@@ -4,8 +4,10 @@ measured on this machine at start-up."""
 
 from __future__ import annotations
 
+import os
 import time
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -42,6 +44,22 @@ def matmul_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, s
         sync()
         best = max(best, 2 * size**3 * runs / (time.perf_counter() - start))
     return best
+
+
+def machine(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The hardware a run's speed belongs to, e.g. "AMD EPYC (family 26, model 2), AVX512, 2 threads": what a
+    wall-clock budget buys depends on it. A virtual machine may name two CPU generations alike ("AMD EPYC"):
+    the family and model numbers and the kernels torch dispatches to tell them apart."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    fields = {}
+    for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []):
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or os.uname().machine
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 
 
 def random_state_kept(device: torch.device):
