@@ -20,7 +20,7 @@ from pretrain_bench import objectives
 from pretrain_bench.errors import UserError
 from pretrain_bench.models.backbone import ModelConfig
 from pretrain_bench.objectives.base import ObjectiveConfig
-from pretrain_bench.section import Section, validation_error
+from pretrain_bench.section import Section, blamed, validation_error
 from pretrain_bench.train.budget import BudgetConfig
 from pretrain_bench.train.loop import TrainConfig
 
@@ -118,7 +118,7 @@ def validate(raw: dict, source: str, overrides: dict[str, str] | None = None,
         raise validation_error(e, model, source, overrides or {}) from None
     problems = cfg.model.problems() + objective_cls.check(cfg.objective, cfg.model) + cfg.train.problems(cfg)
     if problems:
-        raise UserError(f"{source}: " + "; ".join(problems))
+        raise UserError("; ".join(blamed(problem, source, overrides or {}) for problem in problems))
     return cfg
 
 

@@ -4,6 +4,7 @@ key-by-key merge of one config tree over another."""
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from typing import Annotated, Any
@@ -60,6 +61,27 @@ def known_keys(root: type[BaseModel], loc: tuple) -> list[str]:
     return list(cls.model_fields) if cls is not None else []
 
 
+def override_of(fields: list[str], overrides: dict[str, str]) -> str | None:
+    """The command-line override that set one of these dotted fields, a key inside one, or the section holding
+    one ('budget.tokens=100' for a section-level "two budgets" error, 'tasks=[...]' for 'tasks.0.path')."""
+    for field in fields:
+        for key, text in overrides.items():
+            if key == field or field.startswith(f"{key}.") or key.startswith(f"{field}."):
+                return f"command-line override '{key}={text}'"
+    return None
+
+
+# the dotted fields a problem found across sections names ("data.seq_len 1024 exceeds model.max_position_...")
+FIELD = re.compile(r"\b[a-z_]+(?:\.[a-z_]+)+\b")
+
+
+def blamed(problem: str, source: str, overrides: dict[str, str]) -> str:
+    """'file: problem', naming the override too when one set a field the problem names: the file alone
+    would send the reader looking for a value it does not hold."""
+    given = override_of(FIELD.findall(problem), overrides)
+    return f"{source} with {given}: {problem}" if given else f"{source}: {problem}"
+
+
 def validation_error(err: pydantic.ValidationError, root: type[BaseModel], source: str,
                      overrides: dict[str, str]) -> UserError:
     """One UserError listing every problem: where it came from, which field, what to do."""
@@ -67,10 +89,7 @@ def validation_error(err: pydantic.ValidationError, root: type[BaseModel], sourc
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
         dotted = ".".join(loc)
-        # the override that set this key, a key inside it, or the section holding it ('budget.tokens=100' for
-        # a section-level "two budgets" error, 'tasks=[...]' for 'tasks.0.path')
-        given = [k for k in overrides if k == dotted or dotted.startswith(f"{k}.") or k.startswith(f"{dotted}.")]
-        origin = f"command-line override '{given[0]}={overrides[given[0]]}'" if given else source
+        origin = override_of([dotted], overrides) or source
         if e["type"] == "extra_forbidden":
             # a section that validates part of itself with another Config (MPA's base keys) names them in ctx
             hint = closest(loc[-1], [*known_keys(root, loc), *e.get("ctx", {}).get("known_keys", ())])

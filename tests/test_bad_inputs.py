@@ -101,8 +101,10 @@ def _cases(w) -> list[tuple[str, list[str], list[str]]]:
         ("flash-attention-on-the-cpu", [*new, "model.attn_implementation=flash_attention_2"],
          ["model.attn_implementation flash_attention_2 runs on a GPU in bf16 only", "this run is fp32 on the",
           "use model.attn_implementation sdpa"]),
-        ("seq-len-vs-positions", [*new, "data.seq_len=1024"], ["exceeds model.max_position_embeddings"]),
-        ("ramp-without-accumulation", [*new, "budget.batch_size_ramp=0.5"], ["budget.batch_size_ramp"]),
+        ("seq-len-vs-positions", [*new, "data.seq_len=1024"],  # across sections: the file and the override named
+         ["with command-line override 'data.seq_len=1024': data.seq_len 1024 exceeds model.max_position_embeddings"]),
+        ("ramp-without-accumulation", [*new, "budget.batch_size_ramp=0.5"],
+         ["with command-line override 'budget.batch_size_ramp=0.5': budget.batch_size_ramp"]),
         ("corpus-missing", [*new, f"data.path={f / 'nowhere'}"], ["data.path", "does not exist"]),
         ("corpus-empty-folder", [*new, f"data.path={f / 'empty_dir'}"], ["data.path", "holds no"]),
         ("corpus-empty-file", [*new, f"data.path={f / 'empty.txt'}"], ["empty.txt", "empty"]),

@@ -198,6 +198,17 @@ def test_study_config_errors(tmp_path, corpus_file, cache_dir, change, message):
         config.validate(raw, "study.yaml")
 
 
+def test_a_problem_across_sections_names_the_override_that_caused_it(tmp_path, corpus_file, cache_dir):
+    raw = {**study_config(tmp_path, corpus_file, cache_dir), "finetune": {"reinit_top_layers": 3, "max_seq_len": 256},
+           "model": {"size": "tiny", "max_position_embeddings": 128}}
+    with pytest.raises(UserError) as caught:
+        config.validate(raw, "study.yaml", {"finetune.reinit_top_layers": "3"})
+    assert str(caught.value) == (
+        "study.yaml with command-line override 'finetune.reinit_top_layers=3': finetune.reinit_top_layers 3 exceeds "
+        "the encoder's 2 layers; lower it; study.yaml: finetune.max_seq_len 256 exceeds "
+        "model.max_position_embeddings 128; lower the former")
+
+
 def test_pretrain_recipe_is_overridden_key_by_key(tmp_path, corpus_file, cache_dir):
     recipe = {"run_dir": "r", "seed": 3, "model": {"size": "mini", "hidden_size": 128, "num_heads": 4},
               "train": {"lr": 5e-3, "micro_batch_size": 8}, "budget": {"minutes": 10},

@@ -16,7 +16,7 @@ from pretrain_bench.errors import UserError
 from pretrain_bench.eval.finetune import FinetuneConfig
 from pretrain_bench.eval.tasks import DOCSTRINGS, TaskConfig, task_name
 from pretrain_bench.models.backbone import ModelConfig
-from pretrain_bench.section import Section, merged, validation_error
+from pretrain_bench.section import Section, blamed, merged, validation_error
 from pretrain_bench.train.budget import AMOUNTS, BudgetConfig
 from pretrain_bench.train.loop import TrainConfig
 
@@ -87,20 +87,23 @@ def validate(raw: dict, source: str, applied: dict[str, str] | None = None):
             raise UserError(f"{where}: label '{label}' is used twice; give each objective a distinct label")
         run_dir = str(Path(study.run_dir) / "runs" / label)
         try:
-            runs[label] = run_config.validate({**shared, "run_dir": run_dir, "objective": entry}, where)
+            runs[label] = run_config.validate({**shared, "run_dir": run_dir, "objective": entry}, where, applied)
         except UserError as e:  # name the list entry, not the single-run key
             message = re.sub(r"\bobjective\.", f"objectives[{i}].", str(e))
             raise UserError(message if message.startswith(source) else f"{source}: {message}") from None
-    if study.finetune.pooling is not None and study.model.arch != "crammed":  # found now, not after pre-training
-        raise UserError(f"{source}: finetune.pooling '{study.finetune.pooling}' needs model.arch crammed (ModernBERT "
-                        f"pools by config; BERT and ELECTRA classifiers read [CLS]); set finetune.pooling: null")
+    problems = []  # between fine-tuning and the model: found now, not after pre-training
+    if study.finetune.pooling is not None and study.model.arch != "crammed":
+        problems.append(f"finetune.pooling '{study.finetune.pooling}' needs model.arch crammed (ModernBERT pools by "
+                        f"config; BERT and ELECTRA classifiers read [CLS]); set finetune.pooling: null")
     layers = study.model.dims()[0]
     if study.finetune.reinit_top_layers > layers:
-        raise UserError(f"{source}: finetune.reinit_top_layers {study.finetune.reinit_top_layers} exceeds the "
-                        f"encoder's {layers} layers; lower it")
+        problems.append(f"finetune.reinit_top_layers {study.finetune.reinit_top_layers} exceeds the encoder's "
+                        f"{layers} layers; lower it")
     if study.finetune.max_seq_len > study.model.max_position_embeddings:
-        raise UserError(f"{source}: finetune.max_seq_len {study.finetune.max_seq_len} exceeds "
-                        f"model.max_position_embeddings {study.model.max_position_embeddings}; lower the former")
+        problems.append(f"finetune.max_seq_len {study.finetune.max_seq_len} exceeds model.max_position_embeddings "
+                        f"{study.model.max_position_embeddings}; lower the former")
+    if problems:
+        raise UserError("; ".join(blamed(problem, source, applied or {}) for problem in problems))
     names = []
     for i, task in enumerate(study.tasks):
         where = f"{source}: tasks[{i}]"
