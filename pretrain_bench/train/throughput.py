@@ -1,10 +1,10 @@
 """Model FLOPs utilisation: FLOPs of one micro-batch counted by torch's FlopCounterMode (so every
 objective, sparse heads and generators included, is measured the same way) against a matmul peak
-measured on this machine at start-up."""
+measured on this machine at start-up; and the description of that machine each run records."""
 
 from __future__ import annotations
 
-import os
+import platform
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -56,7 +56,7 @@ def machine(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []):
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name") or os.uname().machine
+    name = fields.get("model name") or platform.machine()
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']}, model {fields['model']})"
     return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
